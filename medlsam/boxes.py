@@ -1,0 +1,140 @@
+"""Box values passed from localization to segmentation and written to ``<case>.boxes.json``.
+
+Frames:
+* :class:`Box3D` is in voxel indices of the ORIGINAL query file, in the array order nibabel
+  reads it, ``(i, j, k)``; ``lo`` and ``hi`` are both inclusive.
+* :class:`Box2D` is XYXY in pixels of a 2D frame named where it is used (a slice of the query,
+  or SAM's 1024x1024 input frame).
+
+This module is pure numpy: no torch, no files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Box3D:
+    """An axis-aligned box in the query file's voxel indices ``(i, j, k)``, both ends inclusive."""
+
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        if any(a > b for a, b in zip(self.lo, self.hi)):
+            raise ValueError(f"box lo {self.lo} exceeds hi {self.hi}")
+
+    @classmethod
+    def from_points(cls, points: np.ndarray) -> Box3D:
+        """The rounded bounding box of points ``(N, 3)`` given in ``(i, j, k)`` indices."""
+        pts = np.rint(np.asarray(points, dtype=np.float64)).astype(int)
+        return cls(tuple(pts.min(axis=0).tolist()), tuple(pts.max(axis=0).tolist()))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray) -> Box3D | None:
+        """The tight box of the nonzero voxels of a 3D mask, or None if it is empty."""
+        idx = np.nonzero(mask)
+        if idx[0].size == 0:
+            return None
+        lo = tuple(int(a.min()) for a in idx)
+        hi = tuple(int(a.max()) for a in idx)
+        return cls(lo, hi)  # type: ignore[arg-type]
+
+    def clip(self, shape: Sequence[int]) -> Box3D | None:
+        """The part of the box inside an image of ``shape``, or None if none of it is."""
+        lo = [max(0, a) for a in self.lo]
+        hi = [min(int(s) - 1, b) for b, s in zip(self.hi, shape)]
+        if any(a > b for a, b in zip(lo, hi)):
+            return None
+        return Box3D(tuple(lo), tuple(hi))  # type: ignore[arg-type]
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        return tuple(b - a + 1 for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
+
+    def to_mm(self, affine: np.ndarray) -> tuple[list[float], list[float]]:
+        """World RAS+ mm of the two corners ``lo`` and ``hi`` (voxel centres)."""
+        corners = np.array([self.lo, self.hi], dtype=np.float64)
+        world = corners @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+        return world[0].round(3).tolist(), world[1].round(3).tolist()
+
+
+@dataclass(frozen=True)
+class Box2D:
+    """XYXY pixel box ``(x0, y0, x1, y1)`` in a named 2D frame."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.x0, self.y0, self.x1, self.y1], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class OrganBoxes:
+    """What localization found for one organ (class) of one query.
+
+    Attributes:
+        class_id: the label id of the organ.
+        boxes: one box (WPL) or the SPL sub-boxes in order along the slice axis, already clipped
+            to the image; empty when the organ lies outside the image.
+        extreme_points: ``(n_boxes, 6, 3)`` float, the predicted extreme points in the query
+            file's ``(i, j, k)`` voxel indices (before clipping).
+        inside: False when the predicted organ lies entirely outside the query's field of view.
+    """
+
+    class_id: int
+    boxes: tuple[Box3D, ...]
+    extreme_points: np.ndarray = field(repr=False)
+    inside: bool = True
+
+
+def boxes_json(
+    case: str,
+    image: str,
+    affine: np.ndarray,
+    organs: Iterable[OrganBoxes],
+    extra: dict | None = None,
+) -> dict:
+    """The ``<case>.boxes.json`` document.
+
+    Shape: ``{"case", "image", "classes": {"<id>": {"boxes": [{"min", "max", "min_mm",
+    "max_mm"}], "extreme_points": [...], "inside": bool}}}``; ``min``/``max`` are inclusive
+    voxel indices ``(i, j, k)`` of the image file; ``*_mm`` are world RAS+ millimetres.
+    """
+    classes: dict[str, dict] = {}
+    for organ in organs:
+        entries = []
+        for box in organ.boxes:
+            lo_mm, hi_mm = box.to_mm(affine)
+            entries.append(
+                {"min": list(box.lo), "max": list(box.hi), "min_mm": lo_mm, "max_mm": hi_mm}
+            )
+        classes[str(organ.class_id)] = {
+            "boxes": entries,
+            "extreme_points": np.round(np.asarray(organ.extreme_points, dtype=float), 3).tolist(),
+            "inside": bool(organ.inside),
+        }
+    doc = {"case": case, "image": image, "classes": classes}
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+def box_iou(a: Box3D, b: Box3D) -> float:
+    """Volume IoU of two inclusive voxel boxes (voxel counts, so a one-voxel box has volume 1)."""
+    inter = 1
+    for alo, ahi, blo, bhi in zip(a.lo, a.hi, b.lo, b.hi):
+        overlap = min(ahi, bhi) - max(alo, blo) + 1
+        if overlap <= 0:
+            return 0.0
+        inter *= overlap
+    va = int(np.prod(a.size))
+    vb = int(np.prod(b.size))
+    return inter / float(va + vb - inter)

@@ -1,0 +1,468 @@
+"""Configuration: the published INI-style ``.txt`` format (and YAML), parsed into frozen dataclasses.
+
+A config has the sections ``[data]``, ``[vit]`` and ``[weight]`` of the published MedLSAM
+configs, with the same keys and meanings, plus an optional ``[run]`` section for medlsam's own
+settings. Every published config loads unchanged. YAML files with the same sections and keys
+load too.
+
+Values in ``.txt`` files are converted as in the published format (int, float, ``[a, b]``
+lists, ``True``/``False``), without its traps: ``[]`` is an empty list, ``.5``, ``5.`` and
+``1.5e-4`` are floats, and ``TRUE``/``FALSE`` are booleans.
+
+Paths inside a config (list files, output folders, checkpoints) that are relative resolve
+against the folder of the config file; paths inside list files resolve against the folder
+of the list file. Output folders named with a path that does not exist yet resolve the same
+way.
+
+The names a user can type (``SEGMENTER_NAMES``, ``BoxMode``) live here, free of torch, so
+they are checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import enum
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medlsam.errors import ConfigError
+from medlsam.io import read_path_list
+
+
+class BoxMode(str, enum.Enum):
+    """How MedLAM boxes an organ: one whole box (WPL) or sub-boxes along the slice axis (SPL)."""
+
+    WPL = "WPL"
+    SPL = "SPL"
+
+
+#: Segmentation backends a user can name in ``[vit] backend``.
+SEGMENTER_NAMES: tuple[str, ...] = (
+    "sam_vit_b",
+    "sam_vit_l",
+    "sam_vit_h",
+    "medsam_vit_b",
+    "classic",
+)
+NET_TYPES: tuple[str, ...] = ("vit_b", "vit_l", "vit_h")
+FEATURE_SCALES: tuple[str, ...] = ("feature0", "feature1", "feature2")
+MEDSAM_NORMALIZATIONS: tuple[str, ...] = ("imagenet", "unit")
+OVERLAP_RULES: tuple[str, ...] = ("score", "later")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: inputs, classes, box mode and output folders."""
+
+    support_image_ls: Path | None
+    support_label_ls: Path | None
+    query_image_ls: Path
+    query_label_ls: Path | None
+    support_images: tuple[Path, ...]
+    support_labels: tuple[Path, ...]
+    query_images: tuple[Path, ...]
+    query_labels: tuple[Path, ...] | None
+    fg_class: tuple[int, ...]
+    class_names: Mapping[int, str]
+    bbox_mode: BoxMode
+    slice_interval: int | None
+    feature_scale_ls: tuple[str, ...]
+    gt_slice_threshold: int | None
+    seg_save_path: Path
+    seg_png_save_path: Path | None
+    prototypes: Path | None
+
+
+@dataclass(frozen=True)
+class VitConfig:
+    """``[vit]``: the box-prompted segmenter."""
+
+    net_type: str
+    backend: str
+    medsam_normalization: str
+    overlap: str
+
+
+@dataclass(frozen=True)
+class WeightConfig:
+    """``[weight]``: checkpoints (never downloaded)."""
+
+    medlam_load_path: Path | None
+    vit_load_path: Path | None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``[run]`` (medlsam only): seed, device and switches for reproducing the paper."""
+
+    seed: int = 2023
+    device: str = "auto"
+    use_gt_slice_threshold: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    data: DataConfig
+    vit: VitConfig
+    weight: WeightConfig
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def name(self) -> str:
+        """Config name as the published result files use it (``test_`` and suffix removed)."""
+        if self.path is None:
+            return "config"
+        stem = self.path.name
+        for suffix in (".txt", ".yaml", ".yml", ".ini"):
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+        return stem.removeprefix("test_")
+
+
+# Known keys per section, with whether they are required.
+_KNOWN: dict[str, dict[str, bool]] = {
+    "data": {
+        "support_image_ls": False,
+        "support_label_ls": False,
+        "query_image_ls": True,
+        "query_label_ls": False,
+        "gt_slice_threshold": False,
+        "fg_class": True,
+        "fg_class_name": False,
+        "bbox_mode": False,
+        "slice_interval": False,
+        "feature_scale_ls": False,
+        "seg_save_path": False,
+        "seg_png_save_path": False,
+        "prototypes": False,
+    },
+    "vit": {"net_type": False, "backend": False, "medsam_normalization": False, "overlap": False},
+    "weight": {"medlam_load_path": False, "vit_load_path": False},
+    "run": {"seed": False, "device": False, "use_gt_slice_threshold": False},
+}
+
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
+
+
+def parse_value(text: str | None) -> Any:
+    """Convert one ``.txt`` config value: int, float, bool, ``[list]``, None or string.
+
+    Follows the published conversion order (int, float, list, bool, string) and fixes its
+    traps: ``[]`` -> ``[]``, ``.5`` -> 0.5, ``1.5e-4`` -> 0.00015, ``TRUE`` -> True, ``-``
+    stays a string. An empty value is None.
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "":
+        return None
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        if not inner:
+            return []
+        return [parse_value(item) for item in inner.split(",")]
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text.lower() in ("none", "null"):
+        return None
+    return text
+
+
+def _read_raw(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+            raise ConfigError(f"{path}: expected sections [data], [vit], [weight] as mappings")
+        return {str(s).lower(): {str(k).lower(): v for k, v in sec.items()} for s, sec in loaded.items()}
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not a valid INI config ({first})") from err
+    return {
+        section.lower(): {key: parse_value(value) for key, value in parser.items(section)}
+        for section in parser.sections()
+    }
+
+
+def _suggest(word: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Reader:
+    """Typed access to the raw sections, with errors naming file, key, value and expectation."""
+
+    def __init__(self, path: Path, raw: dict[str, dict[str, Any]]):
+        self.path = path
+        self.raw = raw
+        for section, keys in raw.items():
+            if section not in _KNOWN:
+                raise ConfigError(
+                    f"{path}: unknown section [{section}]{_suggest(section, list(_KNOWN))} "
+                    f"(known: {', '.join('[' + s + ']' for s in _KNOWN)})"
+                )
+            for key in keys:
+                if key not in _KNOWN[section]:
+                    raise ConfigError(
+                        f"{path}: unknown key {key!r} in [{section}]"
+                        f"{_suggest(key, list(_KNOWN[section]))}"
+                    )
+        for section, keys in _KNOWN.items():
+            for key, required in keys.items():
+                if required and self.get(section, key) is None:
+                    raise ConfigError(f"{path}: [{section}] {key} is required but missing")
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        value = self.raw.get(section, {}).get(key)
+        return default if value is None else value
+
+    def fail(self, section: str, key: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(f"{self.path}: [{section}] {key} = {value!r}: expected {expected}")
+
+    def path_value(self, section: str, key: str) -> Path | None:
+        value = self.get(section, key)
+        if value is None or value is False:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(section, key, value, "a file path")
+        path = Path(os.path.expanduser(value))
+        return path if path.is_absolute() else self.path.parent / path
+
+    def int_value(self, section: str, key: str, default: int | None, minimum: int = 0) -> int | None:
+        value = self.get(section, key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(section, key, value, f"an integer >= {minimum}")
+        return value
+
+    def choice(self, section: str, key: str, default: str, options: tuple[str, ...]) -> str:
+        value = self.get(section, key, default)
+        text = str(value)
+        match = {o.lower(): o for o in options}.get(text.lower())
+        if match is None:
+            raise self.fail(section, key, value, f"one of {', '.join(options)}{_suggest(text, options)}")
+        return match
+
+    def bool_value(self, section: str, key: str, default: bool) -> bool:
+        value = self.get(section, key, default)
+        if not isinstance(value, bool):
+            raise self.fail(section, key, value, "True or False")
+        return value
+
+
+def _resolve_backend(reader: _Reader, net_type: str, vit_path: Path | None) -> str:
+    explicit = reader.get("vit", "backend")
+    if explicit is not None:
+        return reader.choice("vit", "backend", "", SEGMENTER_NAMES)
+    if vit_path is None:
+        return "classic"
+    family = "medsam" if "medsam" in vit_path.name.lower() else "sam"
+    name = f"{family}_{net_type}"
+    if name not in SEGMENTER_NAMES:
+        raise ConfigError(
+            f"{reader.path}: [vit] net_type = {net_type!r} with {vit_path.name}: there is no "
+            f"{name} backend (MedSAM is published as vit_b only); set [vit] backend"
+        )
+    return name
+
+
+def _read_lists(reader: _Reader, data: dict[str, Any]) -> dict[str, tuple[Path, ...] | None]:
+    lists: dict[str, tuple[Path, ...] | None] = {}
+    for key in ("support_image_ls", "support_label_ls", "query_image_ls", "query_label_ls"):
+        list_path = data[key]
+        lists[key] = None if list_path is None else tuple(_read_list(reader, key, list_path))
+    pairs = (("support_image_ls", "support_label_ls"), ("query_image_ls", "query_label_ls"))
+    for images_key, labels_key in pairs:
+        images, labels = lists[images_key], lists[labels_key]
+        if images is not None and labels is not None and len(images) != len(labels):
+            raise ConfigError(
+                f"{reader.path}: {data[images_key]} lists {len(images)} images but "
+                f"{data[labels_key]} lists {len(labels)} labels; expected one label per image, "
+                "in the same order"
+            )
+    if (lists["support_image_ls"] is None) != (lists["support_label_ls"] is None):
+        raise ConfigError(
+            f"{reader.path}: [data] support_image_ls and support_label_ls go together; "
+            "give both (or neither, with a prototypes file)"
+        )
+    return lists
+
+
+def _read_list(reader: _Reader, key: str, list_path: Path) -> list[Path]:
+    try:
+        return read_path_list(list_path)
+    except Exception as err:
+        raise ConfigError(f"{reader.path}: [data] {key}: {err}") from err
+
+
+def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Config:
+    """Load a ``.txt`` (INI) or YAML config into a frozen :class:`Config`.
+
+    Args:
+        path: the config file.
+        check_files: also check that every image, label and checkpoint named exists, and report
+            all missing files together in one error.
+
+    Raises:
+        ConfigError: naming the file, the key, the value and what was expected.
+    """
+    path = Path(path)
+    reader = _Reader(path, _read_raw(path))
+
+    fg = reader.get("data", "fg_class")
+    if isinstance(fg, int) and not isinstance(fg, bool):
+        fg = [fg]
+    if (
+        not isinstance(fg, list)
+        or not fg
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in fg)
+    ):
+        raise reader.fail("data", "fg_class", fg, "a non-empty list of positive class ids, e.g. [1, 2, 3]")
+    if len(set(fg)) != len(fg):
+        raise reader.fail("data", "fg_class", fg, "class ids without repeats")
+    names_value = reader.get("data", "fg_class_name")
+    if names_value is None:
+        class_names = {c: f"class_{c}" for c in fg}
+    else:
+        if not isinstance(names_value, list) or len(names_value) != len(fg):
+            raise reader.fail(
+                "data", "fg_class_name", names_value, f"a list of {len(fg)} names, one per fg_class"
+            )
+        class_names = {c: str(n) for c, n in zip(fg, names_value)}
+
+    mode = reader.choice("data", "bbox_mode", "WPL", tuple(m.value for m in BoxMode))
+    interval = reader.get("data", "slice_interval")
+    if interval is False or interval is None:
+        interval = None
+    elif isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise reader.fail("data", "slice_interval", interval, "a positive integer (3 mm voxels) or False")
+    if mode == "SPL" and interval is None:
+        raise reader.fail("data", "slice_interval", False, "a positive integer when bbox_mode = SPL")
+
+    scales = reader.get("data", "feature_scale_ls", list(FEATURE_SCALES))
+    if not isinstance(scales, list):
+        scales = []  # the published meaning: a non-list value (False) switches refinement off
+    for scale in scales:
+        if scale not in FEATURE_SCALES:
+            raise reader.fail(
+                "data", "feature_scale_ls", scales,
+                f"a list of {', '.join(FEATURE_SCALES)}{_suggest(str(scale), FEATURE_SCALES)}",
+            )
+
+    data_paths = {
+        key: reader.path_value("data", key)
+        for key in ("support_image_ls", "support_label_ls", "query_image_ls", "query_label_ls")
+    }
+    lists = _read_lists(reader, data_paths)
+
+    seg_save = reader.path_value("data", "seg_save_path") or path.parent / "result" / path.stem
+    net_type = reader.choice("vit", "net_type", "vit_b", NET_TYPES)
+    medlam_path = reader.path_value("weight", "medlam_load_path")
+    vit_path = reader.path_value("weight", "vit_load_path")
+    prototypes = reader.path_value("data", "prototypes")
+    if lists["support_image_ls"] is None and prototypes is None:
+        raise ConfigError(
+            f"{path}: [data] needs support_image_ls and support_label_ls, or a prototypes file"
+        )
+
+    config = Config(
+        path=path,
+        data=DataConfig(
+            support_image_ls=data_paths["support_image_ls"],
+            support_label_ls=data_paths["support_label_ls"],
+            query_image_ls=data_paths["query_image_ls"],  # type: ignore[arg-type]
+            query_label_ls=data_paths["query_label_ls"],
+            support_images=lists["support_image_ls"] or (),
+            support_labels=lists["support_label_ls"] or (),
+            query_images=lists["query_image_ls"] or (),
+            query_labels=lists["query_label_ls"],
+            fg_class=tuple(fg),
+            class_names=class_names,
+            bbox_mode=BoxMode(mode),
+            slice_interval=interval,
+            feature_scale_ls=tuple(scales),
+            gt_slice_threshold=reader.int_value("data", "gt_slice_threshold", None),
+            seg_save_path=seg_save,
+            seg_png_save_path=reader.path_value("data", "seg_png_save_path"),
+            prototypes=prototypes,
+        ),
+        vit=VitConfig(
+            net_type=net_type,
+            backend=_resolve_backend(reader, net_type, vit_path),
+            medsam_normalization=reader.choice(
+                "vit", "medsam_normalization", "imagenet", MEDSAM_NORMALIZATIONS
+            ),
+            overlap=reader.choice("vit", "overlap", "score", OVERLAP_RULES),
+        ),
+        weight=WeightConfig(medlam_load_path=medlam_path, vit_load_path=vit_path),
+        run=RunConfig(
+            seed=reader.int_value("run", "seed", 2023) or 0,
+            device=reader.choice("run", "device", "auto", DEVICES),
+            use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", False),
+        ),
+    )
+    if check_files:
+        check_config_files(config)
+    return config
+
+
+def check_config_files(config: Config) -> None:
+    """Raise one :class:`ConfigError` listing every image, label or checkpoint that is missing."""
+    data = config.data
+    named: list[tuple[str, Path]] = []
+    named += [("support image", p) for p in data.support_images]
+    named += [("support label", p) for p in data.support_labels]
+    named += [("query image", p) for p in data.query_images]
+    named += [("query label", p) for p in data.query_labels or ()]
+    if config.weight.medlam_load_path is not None and data.prototypes is None:
+        named.append(("[weight] medlam_load_path", config.weight.medlam_load_path))
+    if config.weight.vit_load_path is not None and config.vit.backend != "classic":
+        named.append(("[weight] vit_load_path", config.weight.vit_load_path))
+    missing = [f"{what} {p}" for what, p in named if not p.exists()]
+    if not data.query_images:
+        raise ConfigError(f"{config.path}: {data.query_image_ls} lists no query image")
+    if missing:
+        shown = "; ".join(missing[:20]) + (f"; and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise ConfigError(f"{config.path}: {len(missing)} file(s) not found: {shown}")
+
+
+def write_config_txt(path: str | os.PathLike[str], sections: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write sections as a published-format ``.txt`` config (values as the parser reads them)."""
+    from medlsam.io import atomic_write_text
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(fmt(v) for v in value) + "]"
+        if isinstance(value, Path):
+            return str(value)
+        return "" if value is None else str(value)
+
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {fmt(value)}" for key, value in values.items()]
+        lines.append("")
+    return atomic_write_text(path, "\n".join(lines))

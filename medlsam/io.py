@@ -1,0 +1,459 @@
+"""Reading and writing CT volumes and label maps; the only module that touches files of images.
+
+Conventions, used everywhere in medlsam:
+
+* A :class:`Volume` holds the voxel array in the file's own ``(i, j, k)`` order, exactly as
+  nibabel reads a NIfTI file, and a 4x4 ``affine`` mapping voxel indices ``(i, j, k, 1)`` to
+  world millimetres in RAS+ (x toward Right, y toward Anterior, z toward Superior; the NIfTI
+  convention). Files read with SimpleITK (NRRD, MHA/MHD, DICOM) are
+  converted to this convention, so one volume type serves every format.
+* The MedLAM stage works on the "LAS array": the volume reoriented so that its axes run toward
+  Left, Anterior and Superior, then transposed to ``(z, y, x)``. :func:`to_las` builds it and
+  returns an :class:`IndexMap` that takes LAS-array indices back to the file's ``(i, j, k)``
+  exactly, for every one of the 48 axis orientations.
+* Label maps are written on the exact grid of the image they belong to (same shape, same
+  affine), so they overlay the image in 3D Slicer or ITK-SNAP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from nibabel import orientations as ornt_mod
+
+from medlsam.errors import InputError, OutputError
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+KNOWN_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+
+#: Volumes with more voxels than this are refused before they are loaded (a memory guard):
+#: 2**30 voxels are 4 GiB as float32, and preprocessing needs about three such buffers.
+MAX_VOXELS = 2**30
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image or label map.
+
+    Attributes:
+        data: array of shape ``(I, J, K)`` in the file's voxel order (as nibabel reads it);
+            float32 Hounsfield units for CT images, an integer dtype for label maps.
+        affine: ``(4, 4)`` float64, voxel ``(i, j, k, 1)`` -> world RAS+ millimetres.
+        path: the file (or DICOM folder) it was read from, if any.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along ``(i, j, k)``, shape ``(3,)``."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def axcodes(self) -> str:
+        """Orientation as three letters, for example ``"RAS"`` or ``"LPS"``."""
+        return "".join(nib.aff2axcodes(self.affine))
+
+    @property
+    def name(self) -> str:
+        return case_name(self.path) if self.path is not None else "volume"
+
+    def to_world(self, ijk: np.ndarray) -> np.ndarray:
+        """Map voxel indices ``(..., 3)`` in ``(i, j, k)`` order to RAS+ mm ``(..., 3)``."""
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def to_index(self, xyz: np.ndarray) -> np.ndarray:
+        """Map RAS+ mm ``(..., 3)`` to (fractional) voxel indices ``(..., 3)`` in ``(i, j, k)``."""
+        inv = np.linalg.inv(self.affine)
+        xyz = np.asarray(xyz, dtype=np.float64)
+        return xyz @ inv[:3, :3].T + inv[:3, 3]
+
+    def slice_axis(self) -> int:
+        """The voxel axis (0, 1 or 2) closest to the body's superior-inferior direction.
+
+        Axial slices are taken along this axis; for a usual axial CT it is 2 (``k``).
+        """
+        codes = self.axcodes
+        for axis, code in enumerate(codes):
+            if code in "SI":
+                return axis
+        return 2  # pragma: no cover - aff2axcodes always yields one of S/I
+
+
+@dataclass(frozen=True)
+class IndexMap:
+    """Maps indices of the LAS ``(z, y, x)`` array back to the file's ``(i, j, k)`` indices.
+
+    ``ijk = matrix @ zyx + offset``; ``matrix`` is a signed permutation, so the map is exact for
+    integer and fractional indices alike, in every orientation.
+    """
+
+    matrix: np.ndarray  # (3, 3)
+    offset: np.ndarray  # (3,)
+
+    def __call__(self, zyx: np.ndarray) -> np.ndarray:
+        zyx = np.asarray(zyx, dtype=np.float64)
+        return zyx @ self.matrix.T + self.offset
+
+    def inverse(self, ijk: np.ndarray) -> np.ndarray:
+        """File indices ``(..., 3)`` -> LAS ``(z, y, x)`` indices."""
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return (ijk - self.offset) @ np.linalg.inv(self.matrix).T
+
+
+# --------------------------------------------------------------------------------------------
+# names and lists
+
+
+def case_name(path: str | os.PathLike[str]) -> str:
+    """The file name without its image extension (``a/b/case_01.nii.gz`` -> ``case_01``)."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in KNOWN_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
+    """Read a list file: one path a line; blank lines and lines starting with ``#`` are ignored.
+
+    Relative paths are resolved against the folder of the list file itself (not the current
+    working directory), so a data folder can be moved with its lists.
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise InputError(f"{list_file}: list file not found (expected a text file, one path a line)")
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise InputError(f"{list_file}: not a text file (expected one path a line)") from err
+    paths = []
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        path = Path(os.path.expanduser(text))
+        if not path.is_absolute():
+            path = list_file.parent / path
+        paths.append(path)
+    return paths
+
+
+def write_path_list(list_file: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Write a list file with paths relative to its folder where possible."""
+    list_file = Path(list_file)
+    lines = []
+    for p in paths:
+        p = Path(p)
+        try:
+            lines.append(os.path.relpath(p, list_file.parent))
+        except ValueError:  # pragma: no cover - other drive on Windows
+            lines.append(str(p))
+    atomic_write_text(list_file, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _sitk_to_volume(image: sitk.Image, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(expected a scalar 3D image)"
+        )
+    array = sitk.GetArrayFromImage(image)  # (k, j, i) for a 3D image
+    array = np.ascontiguousarray(array.transpose(tuple(range(array.ndim))[::-1]))
+    dim = image.GetDimension()
+    if dim == 3:
+        direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+        spacing = np.array(image.GetSpacing(), dtype=np.float64)
+        origin = np.array(image.GetOrigin(), dtype=np.float64)
+        affine = np.eye(4)
+        affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+        affine[:3, 3] = _LPS_TO_RAS @ origin
+    else:
+        affine = np.eye(4)
+    return array, affine
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: no DICOM series found in this folder (expected CT slices)")
+    files_by_series = {s: reader.GetGDCMSeriesFileNames(str(folder), s) for s in series}
+    best = max(files_by_series, key=lambda s: len(files_by_series[s]))
+    if len(series) > 1:
+        logger.warning(
+            "%s: %d DICOM series found; reading the largest (%d files)",
+            folder,
+            len(series),
+            len(files_by_series[best]),
+        )
+    reader.SetFileNames(files_by_series[best])
+    return reader.Execute()
+
+
+def _header_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape stored in a file's header, read without loading voxels (None if unknown)."""
+    lower = path.name.lower()
+    if path.is_file() and lower.endswith(NIFTI_SUFFIXES):
+        return tuple(int(s) for s in nib.load(str(path)).shape)
+    if path.is_file() and lower.endswith(SITK_SUFFIXES):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return tuple(int(s) for s in reader.GetSize())
+    return None
+
+
+def _load_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load voxels ``(i, j, k, ...)`` and the RAS affine of any supported file or DICOM folder."""
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        return _sitk_to_volume(_read_dicom_folder(path), path)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty (expected a CT volume)")
+    lower = path.name.lower()
+    shape = _header_shape(path) if lower.endswith(KNOWN_SUFFIXES) else None
+    if shape is not None and int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        need_gib = np.prod(shape, dtype=np.float64) * 4 * 3 / 2**30
+        raise InputError(
+            f"{path}: {'x'.join(map(str, shape))} voxels is more than the memory guard allows "
+            f"({MAX_VOXELS} voxels); processing it would need about {need_gib:.1f} GiB of memory"
+        )
+    if lower.endswith(NIFTI_SUFFIXES):
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+        return data, np.asarray(image.affine, dtype=np.float64)
+    if lower.endswith(SITK_SUFFIXES) or not lower.endswith(KNOWN_SUFFIXES):
+        return _sitk_to_volume(sitk.ReadImage(str(path)), path)
+    raise InputError(f"{path}: unknown format")  # pragma: no cover
+
+
+def _validate_geometry(path: Path, data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    shape_text = "x".join(str(s) for s in data.shape)
+    if data.ndim < 3 or (data.ndim == 3 and min(data.shape) == 1):
+        raise InputError(f"{path}: image is 2D (shape {shape_text}); expected a 3D CT volume")
+    if data.ndim > 3:
+        raise InputError(
+            f"{path}: image is {data.ndim}D (shape {shape_text}); expected a 3D CT volume"
+        )
+    if not np.all(np.isfinite(affine)):
+        raise InputError(f"{path}: voxel-to-world matrix contains NaN or infinity")
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(spacing <= 1e-6) or abs(np.linalg.det(affine[:3, :3])) <= 1e-9:
+        raise InputError(
+            f"{path}: voxel spacing {np.round(spacing, 4).tolist()} mm has a zero axis; "
+            "expected positive spacing on all three axes"
+        )
+    return data
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[Path, np.ndarray, np.ndarray]:
+    path = Path(path)
+    try:
+        data, affine = _load_raw(path)
+    except InputError:
+        raise
+    except MemoryError as err:
+        raise InputError(f"{path}: not enough memory to load this volume") from err
+    except Exception as err:  # nibabel/SimpleITK/zlib raise many unrelated types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"{path}: cannot read image ({reason}); expected NIfTI, NRRD, MHA/MHD or a DICOM folder"
+        ) from err
+    data = _validate_geometry(path, data, affine)
+    return path, data, affine
+
+
+def read_image(path: str | os.PathLike[str], check_ct: bool = True) -> Volume:
+    """Read a CT image as float32 Hounsfield units.
+
+    Raises:
+        InputError: missing, empty or corrupt file; not 3D; NaN/infinite voxels; zero spacing;
+            and (with ``check_ct``) values that do not look like CT in Hounsfield units.
+    """
+    path, data, affine = _read(path)
+    try:
+        data = np.asarray(data, dtype=np.float32)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: cannot read voxel data ({err})") from err
+    if not np.all(np.isfinite(data)):
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(f"{path}: {bad} voxels are NaN or infinite; expected finite CT values")
+    if check_ct:
+        check_hounsfield(data, path)
+    return Volume(data=data, affine=affine, path=path)
+
+
+def read_label(path: str | os.PathLike[str]) -> Volume:
+    """Read a label map (integer class ids) as int32."""
+    path, data, affine = _read(path)
+    try:
+        raw = np.asarray(data)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: cannot read voxel data ({err})") from err
+    if not np.issubdtype(raw.dtype, np.integer):
+        if not np.all(np.isfinite(raw)):
+            raise InputError(f"{path}: label map has NaN or infinite values")
+        rounded = np.rint(raw)
+        if np.any(np.abs(raw - rounded) > 1e-3):
+            raise InputError(f"{path}: label map has non-integer values; expected class ids")
+        raw = rounded
+    if raw.size and raw.min() < 0:
+        raise InputError(f"{path}: label map has negative values; expected class ids >= 0")
+    return Volume(data=raw.astype(np.int32, copy=False), affine=affine, path=path)
+
+
+def check_hounsfield(data: np.ndarray, path: Path | str) -> None:
+    """Refuse volumes whose values do not look like CT in Hounsfield units.
+
+    A CT scan of a body contains air around it (about -1000 HU), so its minimum lies far
+    below zero. An MR scan (non-negative or barely negative values) and CT stored without its
+    rescale (a +1024 offset, air near 0) do not, and either would reach the networks as noise.
+    """
+    lo = float(data.min())
+    hi = float(data.max())
+    if lo <= -500:
+        return
+    sample = data[::4, ::4, ::4] if data.size > 10**6 else data
+    near_zero = float(np.mean(sample <= 100))  # air moved to about +24
+    tissue = float(np.mean((sample >= 900) & (sample <= 1200)))  # soft tissue moved to ~1000+
+    if lo >= -10 and near_zero > 0.02 and tissue > 0.1:
+        raise InputError(
+            f"{path}: values {lo:.0f}..{hi:.0f} look like CT stored with a +1024 offset "
+            "(air near 0, soft tissue near 1024); expected Hounsfield units (air about -1000): "
+            "subtract 1024 first"
+        )
+    raise InputError(
+        f"{path}: values {lo:.0f}..{hi:.0f} do not look like CT in Hounsfield units "
+        "(no air below -500 HU); MedLSAM needs CT, and MR scans are not supported"
+    )
+
+
+def same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
+    """Whether two volumes share shape and voxel-to-world matrix (within ``atol`` mm)."""
+    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=atol))
+
+
+# --------------------------------------------------------------------------------------------
+# orientation
+
+
+_LAS = ornt_mod.axcodes2ornt(("L", "A", "S"))
+
+
+def to_las(volume: Volume) -> tuple[np.ndarray, np.ndarray, IndexMap]:
+    """Reorient to LAS and transpose to ``(z, y, x)``.
+
+    Returns:
+        array: the voxels, shape ``(Z, Y, X)``; axis 0 runs toward Superior, 1 toward Anterior,
+            2 toward Left (a view where possible, no copy).
+        spacing: ``(3,)`` mm along ``(z, y, x)``.
+        index_map: LAS ``(z, y, x)`` indices -> the file's ``(i, j, k)`` indices.
+    """
+    original = ornt_mod.io_orientation(volume.affine)
+    transform = ornt_mod.ornt_transform(original, _LAS)
+    las_xyz = ornt_mod.apply_orientation(volume.data, transform)
+    # inv_ornt_aff maps indices of the reoriented array (x, y, z) to indices of the original.
+    to_original = ornt_mod.inv_ornt_aff(transform, volume.shape)
+    reverse = np.zeros((4, 4))
+    reverse[0, 2] = reverse[1, 1] = reverse[2, 0] = reverse[3, 3] = 1.0  # (z,y,x,1)->(x,y,z,1)
+    full = to_original @ reverse
+    index_map = IndexMap(matrix=full[:3, :3].copy(), offset=full[:3, 3].copy())
+    new_affine = volume.affine @ to_original
+    spacing_xyz = np.sqrt((new_affine[:3, :3] ** 2).sum(axis=0))
+    return las_xyz.transpose(2, 1, 0), spacing_xyz[::-1].copy(), index_map
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:
+    """Write ``payload`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    try:
+        fd, tmp = _atomic_target(path)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err.strerror or err})") from err
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write an ``(I, J, K)`` array as NIfTI with the given RAS affine, atomically."""
+    path = Path(path)
+    image = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    try:
+        fd, tmp = _atomic_target(path)
+        os.close(fd)
+        try:
+            nib.save(image, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err.strerror or err})") from err
+    return path
+
+
+def write_mask(mask: np.ndarray, like: Volume, path: str | os.PathLike[str]) -> Path:
+    """Write a label map on the exact grid of ``like`` (same shape and affine).
+
+    Args:
+        mask: integer array of shape ``like.shape`` in ``(i, j, k)`` order.
+        like: the image the labels belong to.
+        path: output file (``.nii.gz`` or ``.nii``).
+    """
+    mask = np.asarray(mask)
+    if mask.shape != like.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from image shape {like.shape}")
+    top = int(mask.max()) if mask.size else 0
+    dtype = np.uint8 if top < 256 and (mask.min() if mask.size else 0) >= 0 else np.int16
+    return write_nifti(mask.astype(dtype, copy=False), like.affine, path)
