@@ -208,3 +208,38 @@ def test_backend_names_are_torch_free():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert "classic" in SEGMENTER_NAMES and "medsam_vit_b" in SEGMENTER_NAMES
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.txt")))
+def test_shipped_configs_load(path):
+    cfg = load_config(path, check_files=False)
+    assert cfg.data.fg_class == tuple(range(1, len(cfg.data.class_names) + 1))
+    assert cfg.vit.backend in ("sam_vit_b", "medsam_vit_b")
+    assert cfg.vit.backend.startswith("medsam") == ("medsam" in path.name)
+    assert (cfg.data.bbox_mode is BoxMode.SPL) == ("_spl_" in path.name)
+    assert len(cfg.data.support_images) == 5
+    if "structseg" in path.name:
+        assert len(cfg.data.query_images) == 45 and len(cfg.data.class_names) == 22
+
+
+def test_make_lists_script(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_lists", Path(__file__).resolve().parents[1] / "scripts" / "make_lists.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for folder in ("img", "lab"):
+        (tmp_path / folder).mkdir()
+        for case in ("a", "b", "c"):
+            (tmp_path / folder / f"{case}.nii.gz").write_bytes(b"x")
+    out = tmp_path / "lists"
+    assert module.main(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+                        "--supports", "b", "--out", str(out)]) == 0
+    from medlsam.io import read_path_list
+
+    assert [p.name for p in read_path_list(out / "support_image.txt")] == ["b.nii.gz"]
+    assert [p.name for p in read_path_list(out / "query_label.txt")] == ["a.nii.gz", "c.nii.gz"]
+    assert module.main(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+                        "--supports", "zz", "--out", str(out)]) == 2
