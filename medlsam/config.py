@@ -1,4 +1,4 @@
-"""Configuration: the published INI-style ``.txt`` format (and YAML), parsed into frozen dataclasses.
+"""Configuration: the published INI-style ``.txt`` format (and YAML) as frozen dataclasses.
 
 A config has the sections ``[data]``, ``[vit]`` and ``[weight]`` of the published MedLSAM
 configs, with the same keys and meanings, plus an optional ``[run]`` section for medlsam's own
@@ -20,20 +20,30 @@ they are checked before any model loads.
 
 from __future__ import annotations
 
-import configparser
-import difflib
 import enum
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medlsam.errors import ConfigError
+from medlsam.ini import parse_value, read_raw, suggest, write_config_txt
 from medlsam.io import read_path_list
+
+__all__ = [
+    "BoxMode",
+    "Config",
+    "DataConfig",
+    "RunConfig",
+    "SEGMENTER_NAMES",
+    "VitConfig",
+    "WeightConfig",
+    "check_config_files",
+    "load_config",
+    "parse_value",
+    "write_config_txt",
+]
 
 
 class BoxMode(str, enum.Enum):
@@ -150,66 +160,6 @@ _KNOWN: dict[str, dict[str, bool]] = {
     "run": {"seed": False, "device": False, "use_gt_slice_threshold": False},
 }
 
-_INT = re.compile(r"^[+-]?\d+$")
-_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
-
-
-def parse_value(text: str | None) -> Any:
-    """Convert one ``.txt`` config value: int, float, bool, ``[list]``, None or string.
-
-    Follows the published conversion order (int, float, list, bool, string) and fixes its
-    traps: ``[]`` -> ``[]``, ``.5`` -> 0.5, ``1.5e-4`` -> 0.00015, ``TRUE`` -> True, ``-``
-    stays a string. An empty value is None.
-    """
-    if text is None:
-        return None
-    text = text.strip()
-    if text == "":
-        return None
-    if _INT.match(text):
-        return int(text)
-    if _FLOAT.match(text):
-        return float(text)
-    if text.startswith("[") and text.endswith("]"):
-        inner = text[1:-1].strip()
-        if not inner:
-            return []
-        return [parse_value(item) for item in inner.split(",")]
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if text.lower() in ("none", "null"):
-        return None
-    return text
-
-
-def _read_raw(path: Path) -> dict[str, dict[str, Any]]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-        if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
-            raise ConfigError(f"{path}: expected sections [data], [vit], [weight] as mappings")
-        return {str(s).lower(): {str(k).lower(): v for k, v in sec.items()} for s, sec in loaded.items()}
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(text, source=str(path))
-    except configparser.Error as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(f"{path}: not a valid INI config ({first})") from err
-    return {
-        section.lower(): {key: parse_value(value) for key, value in parser.items(section)}
-        for section in parser.sections()
-    }
-
-
-def _suggest(word: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
 
 class _Reader:
     """Typed access to the raw sections, with errors naming file, key, value and expectation."""
@@ -220,14 +170,14 @@ class _Reader:
         for section, keys in raw.items():
             if section not in _KNOWN:
                 raise ConfigError(
-                    f"{path}: unknown section [{section}]{_suggest(section, list(_KNOWN))} "
+                    f"{path}: unknown section [{section}]{suggest(section, list(_KNOWN))} "
                     f"(known: {', '.join('[' + s + ']' for s in _KNOWN)})"
                 )
             for key in keys:
                 if key not in _KNOWN[section]:
                     raise ConfigError(
                         f"{path}: unknown key {key!r} in [{section}]"
-                        f"{_suggest(key, list(_KNOWN[section]))}"
+                        f"{suggest(key, list(_KNOWN[section]))}"
                     )
         for section, keys in _KNOWN.items():
             for key, required in keys.items():
@@ -250,7 +200,9 @@ class _Reader:
         path = Path(os.path.expanduser(value))
         return path if path.is_absolute() else self.path.parent / path
 
-    def int_value(self, section: str, key: str, default: int | None, minimum: int = 0) -> int | None:
+    def int_value(
+        self, section: str, key: str, default: int | None, minimum: int = 0
+    ) -> int | None:
         value = self.get(section, key, default)
         if value is None:
             return None
@@ -263,7 +215,9 @@ class _Reader:
         text = str(value)
         match = {o.lower(): o for o in options}.get(text.lower())
         if match is None:
-            raise self.fail(section, key, value, f"one of {', '.join(options)}{_suggest(text, options)}")
+            raise self.fail(
+                section, key, value, f"one of {', '.join(options)}{suggest(text, options)}"
+            )
         return match
 
     def bool_value(self, section: str, key: str, default: bool) -> bool:
@@ -330,7 +284,7 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
         ConfigError: naming the file, the key, the value and what was expected.
     """
     path = Path(path)
-    reader = _Reader(path, _read_raw(path))
+    reader = _Reader(path, read_raw(path))
 
     fg = reader.get("data", "fg_class")
     if isinstance(fg, int) and not isinstance(fg, bool):
@@ -340,7 +294,9 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
         or not fg
         or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in fg)
     ):
-        raise reader.fail("data", "fg_class", fg, "a non-empty list of positive class ids, e.g. [1, 2, 3]")
+        raise reader.fail(
+            "data", "fg_class", fg, "a non-empty list of positive class ids, e.g. [1, 2, 3]"
+        )
     if len(set(fg)) != len(fg):
         raise reader.fail("data", "fg_class", fg, "class ids without repeats")
     names_value = reader.get("data", "fg_class_name")
@@ -358,9 +314,13 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
     if interval is False or interval is None:
         interval = None
     elif isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise reader.fail("data", "slice_interval", interval, "a positive integer (3 mm voxels) or False")
+        raise reader.fail(
+            "data", "slice_interval", interval, "a positive integer (3 mm voxels) or False"
+        )
     if mode == "SPL" and interval is None:
-        raise reader.fail("data", "slice_interval", False, "a positive integer when bbox_mode = SPL")
+        raise reader.fail(
+            "data", "slice_interval", False, "a positive integer when bbox_mode = SPL"
+        )
 
     scales = reader.get("data", "feature_scale_ls", list(FEATURE_SCALES))
     if not isinstance(scales, list):
@@ -368,8 +328,10 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
     for scale in scales:
         if scale not in FEATURE_SCALES:
             raise reader.fail(
-                "data", "feature_scale_ls", scales,
-                f"a list of {', '.join(FEATURE_SCALES)}{_suggest(str(scale), FEATURE_SCALES)}",
+                "data",
+                "feature_scale_ls",
+                scales,
+                f"a list of {', '.join(FEATURE_SCALES)}{suggest(str(scale), FEATURE_SCALES)}",
             )
 
     data_paths = {
@@ -445,24 +407,7 @@ def check_config_files(config: Config) -> None:
     if not data.query_images:
         raise ConfigError(f"{config.path}: {data.query_image_ls} lists no query image")
     if missing:
-        shown = "; ".join(missing[:20]) + (f"; and {len(missing) - 20} more" if len(missing) > 20 else "")
+        shown = "; ".join(missing[:20]) + (
+            f"; and {len(missing) - 20} more" if len(missing) > 20 else ""
+        )
         raise ConfigError(f"{config.path}: {len(missing)} file(s) not found: {shown}")
-
-
-def write_config_txt(path: str | os.PathLike[str], sections: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write sections as a published-format ``.txt`` config (values as the parser reads them)."""
-    from medlsam.io import atomic_write_text
-
-    def fmt(value: Any) -> str:
-        if isinstance(value, (list, tuple)):
-            return "[" + ", ".join(fmt(v) for v in value) + "]"
-        if isinstance(value, Path):
-            return str(value)
-        return "" if value is None else str(value)
-
-    lines: list[str] = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {fmt(value)}" for key, value in values.items()]
-        lines.append("")
-    return atomic_write_text(path, "\n".join(lines))

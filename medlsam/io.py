@@ -21,21 +21,26 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-from nibabel import orientations as ornt_mod
 
 from medlsam.errors import InputError, OutputError
+from medlsam.volume import (  # noqa: F401  (re-exported: io is the public entry point)
+    KNOWN_SUFFIXES,
+    NIFTI_SUFFIXES,
+    SITK_SUFFIXES,
+    IndexMap,
+    Volume,
+    case_name,
+    same_grid,
+    to_las,
+)
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-KNOWN_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 
 #: Volumes with more voxels than this are refused before they are loaded (a memory guard):
 #: 2**30 voxels are 4 GiB as float32, and preprocessing needs about three such buffers.
@@ -44,95 +49,8 @@ MAX_VOXELS = 2**30
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-@dataclass(frozen=True, eq=False)
-class Volume:
-    """A 3D image or label map.
-
-    Attributes:
-        data: array of shape ``(I, J, K)`` in the file's voxel order (as nibabel reads it);
-            float32 Hounsfield units for CT images, an integer dtype for label maps.
-        affine: ``(4, 4)`` float64, voxel ``(i, j, k, 1)`` -> world RAS+ millimetres.
-        path: the file (or DICOM folder) it was read from, if any.
-    """
-
-    data: np.ndarray
-    affine: np.ndarray
-    path: Path | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
-
-    @property
-    def spacing(self) -> np.ndarray:
-        """Voxel size in mm along ``(i, j, k)``, shape ``(3,)``."""
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
-
-    @property
-    def axcodes(self) -> str:
-        """Orientation as three letters, for example ``"RAS"`` or ``"LPS"``."""
-        return "".join(nib.aff2axcodes(self.affine))
-
-    @property
-    def name(self) -> str:
-        return case_name(self.path) if self.path is not None else "volume"
-
-    def to_world(self, ijk: np.ndarray) -> np.ndarray:
-        """Map voxel indices ``(..., 3)`` in ``(i, j, k)`` order to RAS+ mm ``(..., 3)``."""
-        ijk = np.asarray(ijk, dtype=np.float64)
-        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
-
-    def to_index(self, xyz: np.ndarray) -> np.ndarray:
-        """Map RAS+ mm ``(..., 3)`` to (fractional) voxel indices ``(..., 3)`` in ``(i, j, k)``."""
-        inv = np.linalg.inv(self.affine)
-        xyz = np.asarray(xyz, dtype=np.float64)
-        return xyz @ inv[:3, :3].T + inv[:3, 3]
-
-    def slice_axis(self) -> int:
-        """The voxel axis (0, 1 or 2) closest to the body's superior-inferior direction.
-
-        Axial slices are taken along this axis; for a usual axial CT it is 2 (``k``).
-        """
-        codes = self.axcodes
-        for axis, code in enumerate(codes):
-            if code in "SI":
-                return axis
-        return 2  # pragma: no cover - aff2axcodes always yields one of S/I
-
-
-@dataclass(frozen=True)
-class IndexMap:
-    """Maps indices of the LAS ``(z, y, x)`` array back to the file's ``(i, j, k)`` indices.
-
-    ``ijk = matrix @ zyx + offset``; ``matrix`` is a signed permutation, so the map is exact for
-    integer and fractional indices alike, in every orientation.
-    """
-
-    matrix: np.ndarray  # (3, 3)
-    offset: np.ndarray  # (3,)
-
-    def __call__(self, zyx: np.ndarray) -> np.ndarray:
-        zyx = np.asarray(zyx, dtype=np.float64)
-        return zyx @ self.matrix.T + self.offset
-
-    def inverse(self, ijk: np.ndarray) -> np.ndarray:
-        """File indices ``(..., 3)`` -> LAS ``(z, y, x)`` indices."""
-        ijk = np.asarray(ijk, dtype=np.float64)
-        return (ijk - self.offset) @ np.linalg.inv(self.matrix).T
-
-
 # --------------------------------------------------------------------------------------------
 # names and lists
-
-
-def case_name(path: str | os.PathLike[str]) -> str:
-    """The file name without its image extension (``a/b/case_01.nii.gz`` -> ``case_01``)."""
-    name = Path(path).name
-    lower = name.lower()
-    for suffix in KNOWN_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
@@ -143,7 +61,9 @@ def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
     """
     list_file = Path(list_file)
     if not list_file.is_file():
-        raise InputError(f"{list_file}: list file not found (expected a text file, one path a line)")
+        raise InputError(
+            f"{list_file}: list file not found (expected a text file, one path a line)"
+        )
     try:
         lines = list_file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
@@ -160,7 +80,9 @@ def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
     return paths
 
 
-def write_path_list(list_file: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]) -> None:
+def write_path_list(
+    list_file: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]
+) -> None:
     """Write a list file with paths relative to its folder where possible."""
     list_file = Path(list_file)
     lines = []
@@ -355,41 +277,6 @@ def check_hounsfield(data: np.ndarray, path: Path | str) -> None:
         f"{path}: values {lo:.0f}..{hi:.0f} do not look like CT in Hounsfield units "
         "(no air below -500 HU); MedLSAM needs CT, and MR scans are not supported"
     )
-
-
-def same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
-    """Whether two volumes share shape and voxel-to-world matrix (within ``atol`` mm)."""
-    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=atol))
-
-
-# --------------------------------------------------------------------------------------------
-# orientation
-
-
-_LAS = ornt_mod.axcodes2ornt(("L", "A", "S"))
-
-
-def to_las(volume: Volume) -> tuple[np.ndarray, np.ndarray, IndexMap]:
-    """Reorient to LAS and transpose to ``(z, y, x)``.
-
-    Returns:
-        array: the voxels, shape ``(Z, Y, X)``; axis 0 runs toward Superior, 1 toward Anterior,
-            2 toward Left (a view where possible, no copy).
-        spacing: ``(3,)`` mm along ``(z, y, x)``.
-        index_map: LAS ``(z, y, x)`` indices -> the file's ``(i, j, k)`` indices.
-    """
-    original = ornt_mod.io_orientation(volume.affine)
-    transform = ornt_mod.ornt_transform(original, _LAS)
-    las_xyz = ornt_mod.apply_orientation(volume.data, transform)
-    # inv_ornt_aff maps indices of the reoriented array (x, y, z) to indices of the original.
-    to_original = ornt_mod.inv_ornt_aff(transform, volume.shape)
-    reverse = np.zeros((4, 4))
-    reverse[0, 2] = reverse[1, 1] = reverse[2, 0] = reverse[3, 3] = 1.0  # (z,y,x,1)->(x,y,z,1)
-    full = to_original @ reverse
-    index_map = IndexMap(matrix=full[:3, :3].copy(), offset=full[:3, 3].copy())
-    new_affine = volume.affine @ to_original
-    spacing_xyz = np.sqrt((new_affine[:3, :3] ** 2).sum(axis=0))
-    return las_xyz.transpose(2, 1, 0), spacing_xyz[::-1].copy(), index_map
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from the published code, all deliberate:
   class's bounding box, never as a full-resolution one-hot volume (gigabytes);
 * the image is resampled with the published cubic spline (``scipy.ndimage.zoom`` order 3, on
   float32: identical values to float64 within 1e-6, half the memory); ``interpolation="linear"``
-  is a faster separable trilinear option. Both use the published grid: output index ``o`` samples input position ``o * (n_in - 1) / (n_out - 1)``,
-  with ``n_out = round(n_in * spacing / 3)``.
+  is a faster separable trilinear option. Both use the published grid: output index ``o``
+  samples input position ``o * (n_in - 1) / (n_out - 1)``, ``n_out = round(n_in * spacing / 3)``.
 * non-CT input is refused when it is read (``io.check_hounsfield``) instead of silently being fed
   to the network un-normalised.
 
@@ -48,7 +48,7 @@ SAM_SIZE = 1024
 
 
 def hu_to_medlam(hu: np.ndarray) -> np.ndarray:
-    """Piecewise-linear HU map of MedLAM: -1000, -200, 200, 1500 HU -> 0, 0.2, 0.8, 1.0 (clipped)."""
+    """MedLAM's piecewise-linear HU map: -1000, -200, 200, 1500 HU -> 0, 0.2, 0.8, 1 (clipped)."""
     return np.interp(hu, HU_POINTS, HU_VALUES).astype(np.float32)
 
 
@@ -172,9 +172,11 @@ def medlam_label(label: Volume, classes: Sequence[int], like: MedlamInput) -> np
     result = np.zeros(out_shape, dtype=np.int32)
     for cls in classes:
         mask = las == cls
-        idx = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], np.nonzero(
-            mask.any(axis=(0, 1))
-        )[0]
+        idx = (
+            np.nonzero(mask.any(axis=(1, 2)))[0],
+            np.nonzero(mask.any(axis=(0, 2)))[0],
+            np.nonzero(mask.any(axis=(0, 1)))[0],
+        )
         if idx[0].size == 0:
             continue
         region_out, crops, positions = [], [], []

@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     supports = [s.strip() for s in args.supports.split(",") if s.strip()]
     missing = [s for s in supports if s not in images or s not in labels]
     if missing:
-        print(f"make_lists: support case(s) without image or label: {', '.join(missing)}", file=sys.stderr)
+        print(
+            f"make_lists: support case(s) without image or label: {', '.join(missing)}",
+            file=sys.stderr,
+        )
         return 2
     unlabelled = sorted(set(images) - set(labels))
     queries = [c for c in sorted(images) if c not in supports]
@@ -46,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     write_path_list(args.out / "query_image.txt", [images[c] for c in queries])
     if not unlabelled:
         write_path_list(args.out / "query_label.txt", [labels[c] for c in queries])
-    print(f"{len(supports)} supports, {len(queries)} queries written to {args.out}"
-          + (f" ({len(unlabelled)} queries have no label: no query_label.txt)" if unlabelled else ""))
+    print(
+        f"{len(supports)} supports, {len(queries)} queries written to {args.out}"
+        + (f" ({len(unlabelled)} queries have no label: no query_label.txt)" if unlabelled else "")
+    )
     return 0
 
 

@@ -63,7 +63,9 @@ def make_ct(
     body = ((ii - c[0]) / (0.45 * shape[0])) ** 2 + ((jj - c[1]) / (0.42 * shape[1])) ** 2 < 1
     data = np.where(body, 40.0, -1000.0).astype(np.float32)
     organ1 = ((ii - c[0] + 6) / 6) ** 2 + ((jj - c[1]) / 5) ** 2 + ((kk - c[2]) / 6) ** 2 < 1
-    organ2 = ((ii - c[0] - 7) / 4) ** 2 + ((jj - c[1] - 3) / 4) ** 2 + ((kk - c[2] + 2) / 4) ** 2 < 1
+    organ2 = ((ii - c[0] - 7) / 4) ** 2 + ((jj - c[1] - 3) / 4) ** 2 + (
+        (kk - c[2] + 2) / 4
+    ) ** 2 < 1
     data[organ1] = 120.0
     data[organ2] = 300.0
     data += rng.normal(0, 5, shape).astype(np.float32)

@@ -97,8 +97,11 @@ def test_published_config_loads_unchanged(tmp_path):
     assert cfg.name == "word_medlam_medsam"
     assert cfg.run.use_gt_slice_threshold is False
     sam = PUBLISHED.replace("medsam_vit_b.pth", "sam_vit_b_01ec64.pth")
-    (root / "sam.txt").write_text(sam.replace("bbox_mode             = SPL", "bbox_mode = WPL")
-                                  .replace("slice_interval        = 2", "slice_interval = False"))
+    (root / "sam.txt").write_text(
+        sam.replace("bbox_mode             = SPL", "bbox_mode = WPL").replace(
+            "slice_interval        = 2", "slice_interval = False"
+        )
+    )
     cfg = load_config(root / "sam.txt")
     assert cfg.vit.backend == "sam_vit_b" and cfg.data.bbox_mode is BoxMode.WPL
     assert cfg.data.slice_interval is None
@@ -106,7 +109,8 @@ def test_published_config_loads_unchanged(tmp_path):
 
 def test_yaml_with_same_keys(tmp_path):
     root = _tree(tmp_path)
-    (root / "c.yaml").write_text(textwrap.dedent("""\
+    (root / "c.yaml").write_text(
+        textwrap.dedent("""\
         data:
           support_image_ls: config/data/WORD/support_image.txt
           support_label_ls: config/data/WORD/support_label.txt
@@ -116,7 +120,8 @@ def test_yaml_with_same_keys(tmp_path):
           bbox_mode: WPL
         vit:
           backend: classic
-        """))
+        """)
+    )
     cfg = load_config(root / "c.yaml")
     assert cfg.data.class_names == {1: "liver", 2: "spleen"}
     assert cfg.data.query_labels is None  # inference never needs query labels
@@ -132,13 +137,28 @@ def _write(root: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     "edit,match",
     [
-        (("bbox_mode             = SPL", "bbox_mode = SPX"), r"bbox_mode = 'SPX': expected one of WPL, SPL"),
+        (
+            ("bbox_mode             = SPL", "bbox_mode = SPX"),
+            r"bbox_mode = 'SPX': expected one of WPL, SPL",
+        ),
         (("slice_interval        = 2", "slice_intervall = 2"), r"did you mean 'slice_interval'"),
         (("net_type              = vit_b", "net_type = vit_q"), r"net_type = 'vit_q'"),
-        (("fg_class              = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]", "fg_class = []"), "fg_class"),
-        (("fg_class              = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]", "fg_class = [1, 1]"), "repeats"),
+        (
+            ("fg_class              = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]", "fg_class = []"),
+            "fg_class",
+        ),
+        (
+            (
+                "fg_class              = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]",
+                "fg_class = [1, 1]",
+            ),
+            "repeats",
+        ),
         (("[vit]", "[vitt]"), r"did you mean 'vit'"),
-        (("slice_interval        = 2", "slice_interval = False"), "positive integer when bbox_mode = SPL"),
+        (
+            ("slice_interval        = 2", "slice_interval = False"),
+            "positive integer when bbox_mode = SPL",
+        ),
         (("feature_scale_ls", "x"), None),
     ],
 )
@@ -183,19 +203,22 @@ def test_missing_list_file_is_named(tmp_path):
 
 def test_written_config_reads_back(tmp_path):
     root = _tree(tmp_path)
-    path = write_config_txt(root / "w.txt", {
-        "data": {
-            "support_image_ls": "config/data/WORD/support_image.txt",
-            "support_label_ls": "config/data/WORD/support_label.txt",
-            "query_image_ls": "config/data/WORD/query_image.txt",
-            "fg_class": [3, 5],
-            "fg_class_name": ["kidney", "stomach"],
-            "bbox_mode": "SPL",
-            "slice_interval": 2,
+    path = write_config_txt(
+        root / "w.txt",
+        {
+            "data": {
+                "support_image_ls": "config/data/WORD/support_image.txt",
+                "support_label_ls": "config/data/WORD/support_label.txt",
+                "query_image_ls": "config/data/WORD/query_image.txt",
+                "fg_class": [3, 5],
+                "fg_class_name": ["kidney", "stomach"],
+                "bbox_mode": "SPL",
+                "slice_interval": 2,
+            },
+            "vit": {"backend": "classic"},
+            "run": {"seed": 7, "device": "cpu"},
         },
-        "vit": {"backend": "classic"},
-        "run": {"seed": 7, "device": "cpu"},
-    })
+    )
     cfg = load_config(path)
     assert cfg.data.fg_class == (3, 5) and cfg.run.seed == 7 and cfg.run.device == "cpu"
 
@@ -210,7 +233,9 @@ def test_backend_names_are_torch_free():
     assert "classic" in SEGMENTER_NAMES and "medsam_vit_b" in SEGMENTER_NAMES
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.txt")))
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.txt"))
+)
 def test_shipped_configs_load(path):
     cfg = load_config(path, check_files=False)
     assert cfg.data.fg_class == tuple(range(1, len(cfg.data.class_names) + 1))
@@ -235,11 +260,37 @@ def test_make_lists_script(tmp_path):
         for case in ("a", "b", "c"):
             (tmp_path / folder / f"{case}.nii.gz").write_bytes(b"x")
     out = tmp_path / "lists"
-    assert module.main(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
-                        "--supports", "b", "--out", str(out)]) == 0
+    assert (
+        module.main(
+            [
+                "--images",
+                str(tmp_path / "img"),
+                "--labels",
+                str(tmp_path / "lab"),
+                "--supports",
+                "b",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from medlsam.io import read_path_list
 
     assert [p.name for p in read_path_list(out / "support_image.txt")] == ["b.nii.gz"]
     assert [p.name for p in read_path_list(out / "query_label.txt")] == ["a.nii.gz", "c.nii.gz"]
-    assert module.main(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
-                        "--supports", "zz", "--out", str(out)]) == 2
+    assert (
+        module.main(
+            [
+                "--images",
+                str(tmp_path / "img"),
+                "--labels",
+                str(tmp_path / "lab"),
+                "--supports",
+                "zz",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )

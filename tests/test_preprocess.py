@@ -123,8 +123,9 @@ def test_sam_slice_matches_skimage_resize(shape):
     img[: shape[0] // 4] = 255.0
     ours = pp.sam_slice(img)
     assert ours.shape == (1024, 1024, 3) and ours.dtype == np.uint8
-    ref = skimage.resize(img, (1024, 1024), order=2, preserve_range=True, mode="constant",
-                         anti_aliasing=True)
+    ref = skimage.resize(
+        img, (1024, 1024), order=2, preserve_range=True, mode="constant", anti_aliasing=True
+    )
     ref = np.clip(ref, 0, 255).astype(np.uint8)
     # identical up to float32/float64 rounding at integer boundaries of the uint8 cast
     assert np.abs(ours[..., 0].astype(int) - ref.astype(int)).max() <= 1

@@ -1,0 +1,138 @@
+"""The volume type of medlsam and its orientation: pure geometry, no file access.
+
+A :class:`Volume` holds the voxel array in the file's own ``(i, j, k)`` order (as nibabel reads
+a NIfTI file) and a 4x4 affine to world RAS+ millimetres. :func:`to_las` gives MedLAM's LAS
+``(z, y, x)`` view with an exact :class:`IndexMap` back to the file's voxels, for all 48 axis
+orientations. Reading and writing files is :mod:`medlsam.io`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from nibabel import orientations as ornt_mod
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+KNOWN_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+
+
+def case_name(path: str | os.PathLike[str]) -> str:
+    """The file name without its image extension (``a/b/case_01.nii.gz`` -> ``case_01``)."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in KNOWN_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image or label map.
+
+    Attributes:
+        data: array of shape ``(I, J, K)`` in the file's voxel order (as nibabel reads it);
+            float32 Hounsfield units for CT images, an integer dtype for label maps.
+        affine: ``(4, 4)`` float64, voxel ``(i, j, k, 1)`` -> world RAS+ millimetres.
+        path: the file (or DICOM folder) it was read from, if any.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along ``(i, j, k)``, shape ``(3,)``."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def axcodes(self) -> str:
+        """Orientation as three letters, for example ``"RAS"`` or ``"LPS"``."""
+        return "".join(ornt_mod.aff2axcodes(self.affine))
+
+    @property
+    def name(self) -> str:
+        return case_name(self.path) if self.path is not None else "volume"
+
+    def to_world(self, ijk: np.ndarray) -> np.ndarray:
+        """Map voxel indices ``(..., 3)`` in ``(i, j, k)`` order to RAS+ mm ``(..., 3)``."""
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def to_index(self, xyz: np.ndarray) -> np.ndarray:
+        """Map RAS+ mm ``(..., 3)`` to (fractional) voxel indices ``(..., 3)`` in ``(i, j, k)``."""
+        inv = np.linalg.inv(self.affine)
+        xyz = np.asarray(xyz, dtype=np.float64)
+        return xyz @ inv[:3, :3].T + inv[:3, 3]
+
+    def slice_axis(self) -> int:
+        """The voxel axis (0, 1 or 2) closest to the body's superior-inferior direction.
+
+        Axial slices are taken along this axis; for a usual axial CT it is 2 (``k``).
+        """
+        codes = self.axcodes
+        for axis, code in enumerate(codes):
+            if code in "SI":
+                return axis
+        return 2  # pragma: no cover - aff2axcodes always yields one of S/I
+
+
+@dataclass(frozen=True)
+class IndexMap:
+    """Maps indices of the LAS ``(z, y, x)`` array back to the file's ``(i, j, k)`` indices.
+
+    ``ijk = matrix @ zyx + offset``; ``matrix`` is a signed permutation, so the map is exact for
+    integer and fractional indices alike, in every orientation.
+    """
+
+    matrix: np.ndarray  # (3, 3)
+    offset: np.ndarray  # (3,)
+
+    def __call__(self, zyx: np.ndarray) -> np.ndarray:
+        zyx = np.asarray(zyx, dtype=np.float64)
+        return zyx @ self.matrix.T + self.offset
+
+    def inverse(self, ijk: np.ndarray) -> np.ndarray:
+        """File indices ``(..., 3)`` -> LAS ``(z, y, x)`` indices."""
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return (ijk - self.offset) @ np.linalg.inv(self.matrix).T
+
+
+def same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
+    """Whether two volumes share shape and voxel-to-world matrix (within ``atol`` mm)."""
+    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=atol))
+
+
+_LAS = ornt_mod.axcodes2ornt(("L", "A", "S"))
+
+
+def to_las(volume: Volume) -> tuple[np.ndarray, np.ndarray, IndexMap]:
+    """Reorient to LAS and transpose to ``(z, y, x)``.
+
+    Returns:
+        array: the voxels, shape ``(Z, Y, X)``; axis 0 runs toward Superior, 1 toward Anterior,
+            2 toward Left (a view where possible, no copy).
+        spacing: ``(3,)`` mm along ``(z, y, x)``.
+        index_map: LAS ``(z, y, x)`` indices -> the file's ``(i, j, k)`` indices.
+    """
+    original = ornt_mod.io_orientation(volume.affine)
+    transform = ornt_mod.ornt_transform(original, _LAS)
+    las_xyz = ornt_mod.apply_orientation(volume.data, transform)
+    # inv_ornt_aff maps indices of the reoriented array (x, y, z) to indices of the original.
+    to_original = ornt_mod.inv_ornt_aff(transform, volume.shape)
+    reverse = np.zeros((4, 4))
+    reverse[0, 2] = reverse[1, 1] = reverse[2, 0] = reverse[3, 3] = 1.0  # (z,y,x,1)->(x,y,z,1)
+    full = to_original @ reverse
+    index_map = IndexMap(matrix=full[:3, :3].copy(), offset=full[:3, 3].copy())
+    new_affine = volume.affine @ to_original
+    spacing_xyz = np.sqrt((new_affine[:3, :3] ** 2).sum(axis=0))
+    return las_xyz.transpose(2, 1, 0), spacing_xyz[::-1].copy(), index_map
