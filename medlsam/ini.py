@@ -64,7 +64,7 @@ def read_raw(path: Path) -> dict[str, dict[str, Any]]:
         return {
             str(s).lower(): {str(k).lower(): v for k, v in sec.items()} for s, sec in loaded.items()
         }
-    parser = configparser.ConfigParser(interpolation=None)
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as err:

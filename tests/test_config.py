@@ -294,3 +294,9 @@ def test_make_lists_script(tmp_path):
         )
         == 2
     )
+
+
+def test_inline_comments_are_ignored(tmp_path):
+    root = _tree(tmp_path)
+    text = PUBLISHED.replace("bbox_mode             = SPL", "bbox_mode = SPL   # or WPL")
+    assert load_config(_write(root, text)).data.bbox_mode is BoxMode.SPL
