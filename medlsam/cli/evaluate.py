@@ -1,0 +1,204 @@
+"""``medlsam-eval``: score predicted label maps per organ (DSC, NSD, HD95, box IoU).
+
+Usage::
+
+    medlsam-eval --config test_word.txt [--output DIR]
+    medlsam-eval --pred DIR --labels LIST.txt [--classes 1,2,3] [--output DIR]
+    medlsam-eval --compare RUN1 RUN2 ...
+
+With ``--config``, predictions are read from ``[data] seg_save_path``, references from
+``query_label_ls`` (each matched to the case named by its query image), classes from
+``fg_class`` and names from ``fg_class_name``. Outputs go to ``--output`` (default: the
+prediction folder). The table is printed on stdout; warnings on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medlsam.cli import add_common_arguments, run_main
+from medlsam.errors import ConfigError, InputError
+
+_DESCRIPTION = (
+    "Score predicted label maps against reference label maps per organ: Dice, normalized "
+    "surface Dice, HD95 and 3D box IoU, with honest averages (an empty prediction counts "
+    "DSC 0), or compare several evaluated runs side by side."
+)
+
+
+def _classes(text: str) -> tuple[int, ...]:
+    try:
+        ids = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected class ids like 1,2,3") from None
+    if not ids or min(ids) <= 0 or len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected distinct positive class ids like 1,2,3"
+        )
+    return ids
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of mm") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of mm >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medlsam-eval", description=_DESCRIPTION)
+    src = parser.add_argument_group("what to evaluate")
+    src.add_argument("--config", type=Path, help="a MedLSAM config (.txt or YAML)")
+    src.add_argument(
+        "--pred", type=Path, help="folder of predictions <case>.nii.gz (overrides seg_save_path)"
+    )
+    src.add_argument("--labels", type=Path, help="list file of reference label maps, one a line")
+    src.add_argument(
+        "--classes",
+        type=_classes,
+        help="class ids to score, e.g. 1,2,3 (default: fg_class, or every id found)",
+    )
+    src.add_argument(
+        "--boxes",
+        type=Path,
+        help="folder of <case>.boxes.json for box IoU (default: the prediction folder)",
+    )
+    opts = parser.add_argument_group("evaluation options")
+    opts.add_argument(
+        "--output", type=Path, help="folder for summary.json and the other files (default: --pred)"
+    )
+    opts.add_argument(
+        "--tolerance", type=_nonneg_float, default=2.0, help="NSD tolerance in mm (default 2)"
+    )
+    opts.add_argument(
+        "--hd95",
+        choices=("monai", "pooled"),
+        default="monai",
+        help="HD95 definition for the averages: monai = larger of the two directed "
+        "95th percentiles (default); pooled = 95th percentile of both directions "
+        "pooled, as published (medpy)",
+    )
+    opts.add_argument(
+        "--published-averages",
+        action="store_true",
+        help="drop organ/cases without HD95 from every average, as the published "
+        "code did (biased upward; only to compare with the paper)",
+    )
+    opts.add_argument(
+        "--missing-as-empty",
+        action="store_true",
+        help="score a label without prediction as an empty prediction (DSC 0)",
+    )
+    opts.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes reading and scoring cases in parallel (default 1)",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="print the summaries of several evaluated runs side by side and exit",
+    )
+    add_common_arguments(parser)
+    return parser
+
+
+def _labels_from_config(args: argparse.Namespace):
+    from medlsam.config import load_config
+    from medlsam.io import case_name
+
+    config = load_config(args.config, check_files=False)
+    data = config.data
+    if data.query_labels is None:
+        raise ConfigError(
+            f"{args.config}: [data] query_label_ls is not set; evaluation needs "
+            "the query label maps (or use --pred DIR --labels LIST.txt)"
+        )
+    labels = {}
+    for image, label in zip(data.query_images, data.query_labels, strict=True):
+        case = case_name(image)
+        if case in labels:
+            raise ConfigError(
+                f"{data.query_image_ls}: two query images are named {case!r}; "
+                "expected unique case names"
+            )
+        labels[case] = label
+    missing = [str(p) for p in labels.values() if not p.exists()]
+    if missing:
+        raise InputError(
+            f"{args.config}: {len(missing)} query label file(s) not found: "
+            + "; ".join(missing[:10])
+        )
+    pred = args.pred or data.seg_save_path
+    classes = args.classes or data.fg_class
+    return pred, labels, classes, dict(data.class_names)
+
+
+def _body(args: argparse.Namespace) -> int:
+    from medlsam import eval_report
+    from medlsam.eval_case import labels_by_case
+    from medlsam.evaluate import evaluate
+    from medlsam.io import read_path_list
+
+    if args.compare:
+        if args.config or args.pred or args.labels:
+            raise InputError(
+                "--compare takes evaluated folders only; do not combine it with "
+                "--config, --pred or --labels"
+            )
+        print(eval_report.compare(args.compare))
+        return 0
+    if args.config is not None:
+        if args.labels is not None:
+            raise InputError(
+                "give either --config or --labels, not both (the config names the query labels)"
+            )
+        pred, labels, classes, names = _labels_from_config(args)
+    elif args.pred is not None and args.labels is not None:
+        labels = labels_by_case(read_path_list(args.labels), source=args.labels)
+        pred, classes, names = args.pred, args.classes, {}
+    else:
+        raise InputError(
+            "nothing to evaluate: give --config X.txt, or --pred DIR --labels "
+            "LIST.txt, or --compare DIR1 DIR2"
+        )
+    result = evaluate(
+        pred,
+        labels,
+        classes=classes,
+        class_names=names,
+        tolerance_mm=args.tolerance,
+        hd95_definition=args.hd95,
+        published_averages=args.published_averages,
+        boxes_dir=args.boxes,
+        missing_as_empty=args.missing_as_empty,
+        workers=args.workers,
+    )
+    written = result.write(args.output or pred)
+    print(result.table())
+    print(f"\nwritten: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``medlsam-eval``; returns the exit code."""
+    return run_main(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
