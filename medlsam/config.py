@@ -399,7 +399,7 @@ def check_config_files(config: Config) -> None:
     named += [("support label", p) for p in data.support_labels]
     named += [("query image", p) for p in data.query_images]
     named += [("query label", p) for p in data.query_labels or ()]
-    if config.weight.medlam_load_path is not None and data.prototypes is None:
+    if config.weight.medlam_load_path is not None:
         named.append(("[weight] medlam_load_path", config.weight.medlam_load_path))
     if config.weight.vit_load_path is not None and config.vit.backend != "classic":
         named.append(("[weight] vit_load_path", config.weight.vit_load_path))

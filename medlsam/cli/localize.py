@@ -1,0 +1,176 @@
+"""``medlsam-localize``: MedLAM localization only (the published ``MedLAM_Inference.py`` run).
+
+Usage::
+
+    medlsam-localize --config test_word_medlam.txt [--output DIR] [--device cpu|cuda|auto]
+
+Builds MedLAM from ``[weight] medlam_load_path``; takes prototypes from ``[data] prototypes``
+when that file exists, else computes them from the support scans (and saves them there when
+the key is set); then writes ``<output>/<case>.boxes.json`` for every query (default output:
+``[data] seg_save_path``). Box voxel indices are ``(i, j, k)`` of the query file as nibabel
+reads it, both ends inclusive; ``*_mm`` values are world RAS+ millimetres.
+
+With ``query_label_ls``, the boxes are scored (see :mod:`medlsam.box_eval`): ``iou.txt`` and
+``wd.txt`` in the published text format, plus ``box_metrics.csv`` and ``box_metrics.json``.
+A query that fails is reported and the others go on; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
+from medlsam.errors import ConfigError, InputError, MedlsamError
+
+logger = logging.getLogger("medlsam.localize")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medlsam-localize",
+        description="Localize organs in CT queries with MedLAM and a few annotated support "
+        "scans; write one <case>.boxes.json per query (and box IoU/WD where labels are given).",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="a MedLSAM config (.txt/YAML)")
+    parser.add_argument("--output", type=Path, help="output folder (default: seg_save_path)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="where MedLAM runs (default: [run] device)",
+    )
+    add_common_arguments(parser)
+    return parser
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without CUDA is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available on this machine (use cpu or auto)")
+    return name
+
+
+def _body(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from medlsam.box_eval import score_organ, summarize, write_reports
+    from medlsam.boxes import boxes_json
+    from medlsam.config import load_config
+    from medlsam.io import atomic_write_text, case_name, read_image, read_label, same_grid
+    from medlsam.localize import Localizer
+    from medlsam.medlam import build_medlam
+
+    config = load_config(args.config)
+    data = config.data
+    if config.weight.medlam_load_path is None:
+        raise ConfigError(f"{config.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
+    cases = [case_name(p) for p in data.query_images]
+    repeated = [name for name, n in Counter(cases).items() if n > 1]
+    if repeated:
+        raise ConfigError(
+            f"{config.path}: query images share the case name {repeated[0]!r}; their outputs "
+            "would overwrite each other"
+        )
+    device = resolve_device(args.device or config.run.device)
+    output = args.output or data.seg_save_path
+    model = build_medlam(config.weight.medlam_load_path, device)
+    localizer = Localizer(
+        model,
+        device,
+        mode=data.bbox_mode,
+        slice_interval=data.slice_interval,
+        feature_scales=data.feature_scale_ls,
+        seed=config.run.seed,
+    )
+    if data.prototypes is not None and data.prototypes.is_file():
+        localizer.load_prototypes(data.prototypes, data.fg_class)
+        logger.info("prototypes read from %s", data.prototypes)
+    else:
+        if not data.support_images:
+            raise ConfigError(
+                f"{config.path}: [data] prototypes {data.prototypes} does not exist and no "
+                "support scans are given to compute it"
+            )
+        supports = [
+            (read_image(img), read_label(lab))
+            for img, lab in zip(data.support_images, data.support_labels, strict=True)
+        ]
+        localizer.fit(supports, data.fg_class)
+        del supports
+        if data.prototypes is not None:
+            localizer.save_prototypes(data.prototypes)
+            logger.info("prototypes saved to %s", data.prototypes)
+
+    labels = data.query_labels
+    scores, failures = [], []
+    progress = tqdm(
+        list(enumerate(data.query_images)), desc="localize", unit="case", disable=args.quiet
+    )
+    for n, path in progress:
+        case = cases[n]
+        try:
+            volume = read_image(path)
+            organs = localizer.predict(volume)
+            doc = boxes_json(
+                case,
+                str(path),
+                volume.affine,
+                [organs[c] for c in data.fg_class],
+                extra={"bbox_mode": data.bbox_mode.value, "seed": config.run.seed},
+            )
+            atomic_write_text(Path(output) / f"{case}.boxes.json", json.dumps(doc, indent=2))
+            if labels is not None:
+                label = read_label(labels[n])
+                if not same_grid(volume, label):
+                    raise InputError(
+                        f"{labels[n]}: label grid {label.shape} does not match its image "
+                        f"{path} {volume.shape}"
+                    )
+                for c in data.fg_class:
+                    scores.append(
+                        score_organ(
+                            case, organs[c], label.data == c, volume.spacing, volume.slice_axis()
+                        )
+                    )
+        except MedlsamError as err:
+            if args.debug:
+                raise
+            failures.append((case, str(err)))
+            logger.error("%s: %s", case, err)
+    progress.close()
+
+    if labels is not None and scores:
+        summary = summarize(scores, data.fg_class)
+        write_reports(Path(output), scores, summary, dict(data.class_names))
+        from medlsam.box_eval import report_text
+
+        iou_text, wd_text = report_text(summary, dict(data.class_names))
+        print(iou_text + "".join(line + "\n" for line in wd_text.splitlines() if line[0] != "#"),
+              end="")
+    stats = localizer.stats
+    logger.info(
+        "%d forward passes, %d patches, %.1f s in the network",
+        stats["forward_passes"], stats["patches"], stats["forward_seconds"],
+    )
+    if failures:
+        print(f"{len(failures)} of {len(cases)} queries failed:", file=sys.stderr)
+        for case, message in failures:
+            print(f"  {case}: {message}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
