@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ OK = "ok"
 EMPTY_PREDICTION = "empty_prediction"
 FALSE_POSITIVE = "false_positive"
 ABSENT = "absent"
+_SHARD_RECORD = re.compile(r"^run\.shard-(\d+)-of-(\d+)\.json$")
+
+
+class PredictionError(InputError):
+    """One case's prediction or boxes file cannot be used: that case fails, the others go on."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,59 @@ def find_predictions(pred_dir: Path) -> dict[str, Path]:
             continue
         found[case] = path
     return found
+
+
+def union_predictions(pred_dirs: Sequence[Path]) -> dict[str, Path]:
+    """Prediction files by case over several folders (the first folder wins, with a warning)."""
+    found: dict[str, Path] = {}
+    for folder in pred_dirs:
+        for case, path in find_predictions(folder).items():
+            if case in found:
+                logger.warning("%s: ignored, %s is the prediction of %s", path, found[case], case)
+                continue
+            found[case] = path
+    return found
+
+
+def inference_records(pred_dirs: Sequence[Path]) -> dict[str, dict]:
+    """Case entries of ``medlsam-infer``'s records (``run.json``, ``run.shard-K-of-N.json``).
+
+    Warns when a folder holds some shard records of a layout but not all (and no merged
+    ``run.json`` covering it): the missing shards' cases may not have been run.
+    """
+    entries: dict[str, dict] = {}
+    for folder in pred_dirs:
+        layouts: dict[int, set[int]] = {}
+        merged = 0
+        for path in sorted(folder.glob("run*.json")):
+            match = _SHARD_RECORD.match(path.name)
+            if path.name != "run.json" and match is None:
+                continue
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+                cases = doc["cases"]
+                if not isinstance(cases, dict):
+                    raise TypeError("'cases' is not a mapping")
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                logger.warning("%s: run record not read (%s)", path, err)
+                continue
+            if match is not None:
+                layouts.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+            else:
+                merged = int((doc.get("shards") or {}).get("count", 0) or 0)
+            for case, entry in cases.items():
+                if isinstance(entry, dict) and entries.get(case, {}).get("status") != "ok":
+                    entries[case] = entry
+        for count, have in sorted(layouts.items()):
+            lacking = sorted(set(range(1, count + 1)) - have)
+            if lacking and merged != count:
+                logger.warning(
+                    "%s: shard record(s) %s of %d missing: those shards' cases may not have run",
+                    folder,
+                    ", ".join(str(k) for k in lacking),
+                    count,
+                )
+    return entries
 
 
 def labels_by_case(labels: Sequence[Path], source: str | Path = "") -> dict[str, Path]:
@@ -213,14 +272,22 @@ def score_case(job: CaseJob) -> list[OrganScore]:
     """Read one prediction and its reference and score every requested organ.
 
     With ``job.classes`` None, every id present in either map is scored.
+
+    Raises:
+        PredictionError: the prediction or the boxes file is missing, corrupt or on another
+            grid (the case fails alone).
+        InputError: the reference label map cannot be read (the evaluation stops).
     """
     start = time.perf_counter()
-    label = read_label(job.label)
+    label = read_label(job.label)  # a bad reference stops the evaluation (InputError)
     if job.prediction is None:
         pred_data = np.zeros(label.shape, dtype=np.int32)
         matrix, offset = np.eye(3, dtype=int), np.zeros(3, dtype=int)
     else:
-        pred_data, matrix, offset = align_to_label(read_label(job.prediction), label)
+        try:
+            pred_data, matrix, offset = align_to_label(read_label(job.prediction), label)
+        except InputError as err:
+            raise PredictionError(str(err)) from err
     gt_boxes = metrics.label_bounding_boxes(label.data)
     pred_boxes = metrics.label_bounding_boxes(pred_data)
     organ = metrics.score_label_maps(
@@ -232,13 +299,19 @@ def score_case(job: CaseJob) -> list[OrganScore]:
         pred_boxes=pred_boxes,
         gt_boxes=gt_boxes,
     )
-    box_doc = read_boxes_json(job.boxes) if job.boxes is not None else None
+    try:
+        box_doc = read_boxes_json(job.boxes) if job.boxes is not None else None
+    except InputError as err:
+        raise PredictionError(str(err)) from err
     scores = []
     for cls, m in organ.items():
         # DSC and NSD are already 0 where exactly one side is empty; HD95 is NaN there.
         iou = math.nan
         if box_doc is not None and cls in gt_boxes:
-            pred_box = predicted_box(box_doc, cls, matrix, offset, job.boxes)
+            try:
+                pred_box = predicted_box(box_doc, cls, matrix, offset, job.boxes)
+            except InputError as err:
+                raise PredictionError(str(err)) from err
             gt_box = metrics.slices_to_box(gt_boxes[cls])
             iou = 0.0 if pred_box is None else box_iou(pred_box, gt_box)
         scores.append(

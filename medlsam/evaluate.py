@@ -61,9 +61,11 @@ from medlsam.eval_case import (
     OK,
     CaseJob,
     OrganScore,
-    find_predictions,
+    PredictionError,
+    inference_records,
     labels_by_case,
     score_case,
+    union_predictions,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,8 +91,19 @@ class EvalResult:
         return written
 
     def table(self) -> str:
-        """The per-organ Markdown table."""
-        return eval_report.markdown_table(self.summary)
+        """The per-organ Markdown table, then the cases that could not be scored and why."""
+        text = eval_report.markdown_table(self.summary)
+        failed = self.summary.get("failed_cases") or {}
+        if failed:
+            text += f"\nFailed (not scored): {len(failed)} case(s):\n" + "".join(
+                f"- {case}: {reason}\n" for case, reason in failed.items()
+            )
+        lost = self.summary.get("inference_failed") or {}
+        if lost:
+            text += f"\nFailed at inference (no prediction): {len(lost)} case(s):\n" + "".join(
+                f"- {case}: {reason}\n" for case, reason in lost.items()
+            )
+        return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,7 +192,7 @@ def summarize(
 
 
 def evaluate(
-    pred_dir: str | Path,
+    pred_dir: str | Path | Sequence[str | Path],
     labels: Mapping[str, Path] | Sequence[Path],
     classes: Sequence[int] | None = None,
     class_names: Mapping[int, str] | None = None,
@@ -193,7 +206,9 @@ def evaluate(
     """Score every prediction in ``pred_dir`` against its reference label map.
 
     Args:
-        pred_dir: folder of ``<case>.nii.gz`` label maps (and ``<case>.boxes.json``).
+        pred_dir: folder of ``<case>.nii.gz`` label maps (and ``<case>.boxes.json``), or
+            several folders (the shards of one run) whose union is scored; a case found in
+            two folders is taken from the first (warning).
         labels: reference label files, or ``{case: label file}`` where the case names come
             from elsewhere (a config's query images).
         classes: class ids to score; None scores every id found in any reference.
@@ -202,10 +217,21 @@ def evaluate(
         hd95_definition: ``"monai"`` or ``"pooled"`` (the published one), for the averages;
             both are always in the per-case scores.
         published_averages: drop organ/cases without HD95 from every average (paper only).
-        boxes_dir: where ``<case>.boxes.json`` are looked for (default ``pred_dir``).
+        boxes_dir: where ``<case>.boxes.json`` are looked for (default: beside each
+            prediction).
         missing_as_empty: score a reference without prediction as an empty prediction
             (otherwise it is reported and not scored).
         workers: processes reading and scoring cases in parallel.
+
+    A case whose prediction or boxes file is corrupt or on another grid fails alone: it is
+    logged, listed in ``summary["failed_cases"]`` (``{case: reason}``) and under the table,
+    and left out of the averages. Only when no case at all can be scored is it an error.
+    Cases that ``medlsam-infer`` recorded as failed (``run.json`` or shard records in the
+    prediction folders) are listed in ``summary["inference_failed"]``.
+
+    Raises:
+        InputError: bad settings, no label, no matching prediction, an unreadable reference
+            label map, or every case failing.
     """
     if hd95_definition not in metrics.HD95_DEFINITIONS:
         raise InputError(
@@ -213,19 +239,24 @@ def evaluate(
         )
     if not tolerance_mm >= 0:
         raise InputError(f"NSD tolerance {tolerance_mm} mm: expected a number >= 0")
-    pred_dir = Path(pred_dir)
-    boxes_dir = pred_dir if boxes_dir is None else Path(boxes_dir)
+    pred_dirs = (
+        [Path(pred_dir)] if isinstance(pred_dir, (str, Path)) else [Path(d) for d in pred_dir]
+    )
+    if not pred_dirs:
+        raise InputError("no prediction folder given")
+    where = str(pred_dirs[0]) if len(pred_dirs) == 1 else f"{len(pred_dirs)} prediction folders"
     by_case = dict(labels) if isinstance(labels, Mapping) else labels_by_case(list(labels))
     if not by_case:
         raise InputError("no reference label maps given (the label list is empty)")
-    predictions = find_predictions(pred_dir)
+    predictions = union_predictions(pred_dirs)
+    records = inference_records(pred_dirs)
     missing_pred = [c for c in by_case if c not in predictions]
     missing_label = sorted(c for c in predictions if c not in by_case)
     if missing_pred:
         logger.warning(
             "%d case(s) have a label but no prediction in %s%s: %s",
             len(missing_pred),
-            pred_dir,
+            where,
             " (scored as empty)" if missing_as_empty else " (not scored)",
             ", ".join(missing_pred[:10]) + (" ..." if len(missing_pred) > 10 else ""),
         )
@@ -233,12 +264,12 @@ def evaluate(
         logger.warning(
             "%d prediction(s) in %s have no label (not scored): %s",
             len(missing_label),
-            pred_dir,
+            where,
             ", ".join(missing_label[:10]) + (" ..." if len(missing_label) > 10 else ""),
         )
     if len(missing_pred) == len(by_case) and not missing_as_empty:
         raise InputError(
-            f"{pred_dir}: no prediction matches a label case ({len(predictions)} prediction(s), "
+            f"{where}: no prediction matches a label case ({len(predictions)} prediction(s), "
             f"e.g. {sorted(predictions)[:3]}; labels e.g. {list(by_case)[:3]}); expected "
             "<case>.nii.gz named like the label (or query image) files"
         )
@@ -252,19 +283,30 @@ def evaluate(
     for case, label in by_case.items():
         if case not in predictions and not missing_as_empty:
             continue
-        box_file = boxes_dir / f"{case}.boxes.json"
+        pred = predictions.get(case)
+        folder = Path(boxes_dir) if boxes_dir is not None else (pred or pred_dirs[0]).parent
+        box_file = folder / f"{case}.boxes.json"
         jobs.append(
             CaseJob(
                 case,
                 Path(label),
-                predictions.get(case),
+                pred,
                 box_file if box_file.is_file() else None,
                 wanted,
                 float(tolerance_mm),
             )
         )
     start = time.perf_counter()
-    scores = _run_jobs(jobs, workers)
+    outcomes = _run_jobs(jobs, workers)
+    failed = {job.case: error for job, (_, error) in zip(jobs, outcomes) if error is not None}
+    if failed and len(failed) == len(jobs):
+        first = next(iter(failed.values()))
+        more = f" (and the {len(failed) - 1} other case(s) failed too)" if len(failed) > 1 else ""
+        raise InputError(f"{first}{more}")
+    for case, error in failed.items():
+        logger.error("%s: not scored: %s", case, error)
+    jobs = [job for job in jobs if job.case not in failed]
+    scores = [s for result, error in outcomes if error is None for s in result]
     logger.info("scored %d case(s) in %.1f s", len(jobs), time.perf_counter() - start)
 
     if wanted is None:
@@ -286,13 +328,20 @@ def evaluate(
         "hd95_definition": hd95_definition,
         "averages": "published" if published_averages else "honest",
         "missing_as_empty": bool(missing_as_empty),
-        "predictions": str(pred_dir),
+        "predictions": str(pred_dirs[0]) if len(pred_dirs) == 1 else [str(d) for d in pred_dirs],
     }
     summary["n_cases"] = len(jobs)
     summary["missing_predictions"] = missing_pred
     summary["missing_labels"] = missing_label
+    summary["failed_cases"] = failed
+    summary["inference_failed"] = {
+        c: records[c].get("error") or "failed"
+        for c in missing_pred
+        if records.get(c, {}).get("status") == "failed"
+    }
     summary["excluded"]["missing_predictions"] = len(missing_pred) if not missing_as_empty else 0
     summary["excluded"]["missing_labels"] = len(missing_label)
+    summary["excluded"]["failed_cases"] = len(failed)
     return EvalResult(scores=scores, summary=summary, class_names=names)
 
 
@@ -310,9 +359,17 @@ def _fill_absent(
     return sorted(filled, key=lambda s: (order[s.case], s.class_id))
 
 
-def _run_jobs(jobs: list[CaseJob], workers: int) -> list[OrganScore]:
+def _score_or_fail(job: CaseJob) -> tuple[list[OrganScore], str | None]:
+    """``(scores, None)``, or ``([], reason)`` when the case's prediction or boxes fail."""
+    try:
+        return score_case(job), None
+    except PredictionError as err:
+        return [], str(err)
+
+
+def _run_jobs(jobs: list[CaseJob], workers: int) -> list[tuple[list[OrganScore], str | None]]:
     if workers <= 1 or len(jobs) <= 1:
-        return [s for job in jobs for s in score_case(job)]
+        return [_score_or_fail(job) for job in jobs]
     context = multiprocessing.get_context("spawn")  # safe whatever threads the caller runs
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        return [s for result in pool.map(score_case, jobs) for s in result]
+        return list(pool.map(_score_or_fail, jobs))

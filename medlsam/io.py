@@ -17,15 +17,17 @@ Conventions, used everywhere in medlsam:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from nibabel.openers import ImageOpener
 
 from medlsam.errors import InputError, OutputError
 from medlsam.volume import (  # noqa: F401  (re-exported: io is the public entry point)
@@ -134,21 +136,71 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
             len(series),
             len(files_by_series[best]),
         )
-    reader.SetFileNames(files_by_series[best])
+    files = files_by_series[best]
+    probe = sitk.ImageFileReader()
+    probe.SetFileName(files[0])
+    probe.ReadImageInformation()
+    size = probe.GetSize()
+    _memory_guard(folder, (int(size[0]), int(size[1]), len(files) * int(np.prod(size[2:]))))
+    reader.SetFileNames(files)
     return reader.Execute()
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's header-fixing messages (they would reach stderr as stray lines)."""
+    log = nib.imageglobals.logger
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _load_nifti(path: Path) -> nib.Nifti1Image:
+    """A NIfTI image (header only; voxels stay on disk), refusing zero or negative spacing.
+
+    nibabel silently replaces a zero ``pixdim`` by 1 and a negative one by its absolute value
+    (and logs to stderr); where the affine comes from ``pixdim`` (no sform), that would give
+    wrong geometry without a word, so such a header is an error here.
+    """
+    with _quiet_nibabel():
+        image = nib.load(str(path))
+        header = image.header
+        if int(header["sform_code"]) == 0 and len(image.shape) >= 3 and min(image.shape[:3]) > 1:
+            with ImageOpener(str(path)) as handle:
+                raw = type(header).from_fileobj(handle, check=False)
+            pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+            if not np.all(pixdim > 0):
+                raise InputError(
+                    f"{path}: voxel spacing {pixdim.tolist()} mm in the header (pixdim) is zero "
+                    "or negative; expected positive spacing on all three axes"
+                )
+    return image
 
 
 def _header_shape(path: Path) -> tuple[int, ...] | None:
     """The shape stored in a file's header, read without loading voxels (None if unknown)."""
     lower = path.name.lower()
     if path.is_file() and lower.endswith(NIFTI_SUFFIXES):
-        return tuple(int(s) for s in nib.load(str(path)).shape)
+        return tuple(int(s) for s in _load_nifti(path).shape)
     if path.is_file() and lower.endswith(SITK_SUFFIXES):
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
         return tuple(int(s) for s in reader.GetSize())
     return None
+
+
+def _memory_guard(path: Path, shape: Sequence[int]) -> None:
+    """Refuse, before loading it, a volume of more than :data:`MAX_VOXELS` voxels."""
+    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        need_gib = np.prod(shape, dtype=np.float64) * 4 * 3 / 2**30
+        raise InputError(
+            f"{path}: {'x'.join(map(str, shape))} voxels is more than the memory guard allows "
+            f"({MAX_VOXELS} voxels); processing it would need about {need_gib:.1f} GiB of memory"
+        )
 
 
 def _load_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -161,14 +213,10 @@ def _load_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{path}: file is empty (expected a CT volume)")
     lower = path.name.lower()
     shape = _header_shape(path) if lower.endswith(KNOWN_SUFFIXES) else None
-    if shape is not None and int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-        need_gib = np.prod(shape, dtype=np.float64) * 4 * 3 / 2**30
-        raise InputError(
-            f"{path}: {'x'.join(map(str, shape))} voxels is more than the memory guard allows "
-            f"({MAX_VOXELS} voxels); processing it would need about {need_gib:.1f} GiB of memory"
-        )
+    if shape is not None:
+        _memory_guard(path, shape)
     if lower.endswith(NIFTI_SUFFIXES):
-        image = nib.load(str(path))
+        image = _load_nifti(path)
         data = np.asanyarray(image.dataobj)
         return data, np.asarray(image.affine, dtype=np.float64)
     if lower.endswith(SITK_SUFFIXES) or not lower.endswith(KNOWN_SUFFIXES):
@@ -197,6 +245,18 @@ def _validate_geometry(path: Path, data: np.ndarray, affine: np.ndarray) -> np.n
     return data
 
 
+def _reason(err: BaseException) -> str:
+    """One line saying why a reader failed (ITK's own line where SimpleITK raised)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("ITK ERROR:"):
+            text = line[len("ITK ERROR:") :].strip()
+            if text.startswith(tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")) and "): " in text:
+                text = text.split("): ", 1)[1]  # drop the "ClassName(0x...)" prefix
+            return text[:200]
+    return lines[0][:200] if lines else type(err).__name__
+
+
 def _read(path: str | os.PathLike[str]) -> tuple[Path, np.ndarray, np.ndarray]:
     path = Path(path)
     try:
@@ -206,7 +266,12 @@ def _read(path: str | os.PathLike[str]) -> tuple[Path, np.ndarray, np.ndarray]:
     except MemoryError as err:
         raise InputError(f"{path}: not enough memory to load this volume") from err
     except Exception as err:  # nibabel/SimpleITK/zlib raise many unrelated types
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = _reason(err)
+        if "spacing" in reason.lower():
+            raise InputError(
+                f"{path}: invalid voxel spacing ({reason}); expected positive spacing on all "
+                "three axes"
+            ) from err
         raise InputError(
             f"{path}: cannot read image ({reason}); expected NIfTI, NRRD, MHA/MHD or a DICOM folder"
         ) from err
@@ -297,6 +362,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())  # the bytes reach the disk before the name does
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -321,6 +388,8 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[st
         os.close(fd)
         try:
             nib.save(image, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -216,23 +216,26 @@ class Localizer:
             prepared.append((image.name, pad(grid.array), pad(medlam_label(label, classes, grid))))
         present: dict[int, list[int]] = {c: [] for c in classes}
         extents: dict[int, list[int]] = {c: [] for c in classes}
-        for s, (name, _, lab) in enumerate(prepared):
+        for s, (_, _, lab) in enumerate(prepared):
             for c in classes:
                 box = bounding_box(lab == c)
-                if box is None:
-                    logger.warning(
-                        "%s: organ %d is absent from this support scan; its prototype comes "
-                        "from the other support scans", name, c
-                    )
-                    continue
-                present[c].append(s)
-                extents[c].append(int(box[1][0] - box[0][0]))
+                if box is not None:
+                    present[c].append(s)
+                    extents[c].append(int(box[1][0] - box[0][0]))
         for c in classes:
             if not present[c]:
                 names = ", ".join(p[0] for p in prepared)
                 raise InputError(
                     f"organ {c} is absent from every support label map ({names}); "
                     "remove it from fg_class or add a support scan that contains it"
+                )
+        for c in classes:
+            for s in sorted(set(range(len(prepared))) - set(present[c])):
+                logger.warning(
+                    "%s: organ %d is absent from this support scan; its prototype comes "
+                    "from the other support scans",
+                    prepared[s][0],
+                    c,
                 )
         splits = {c: split_count(min(extents[c]), self.slice_interval, self.mode) for c in classes}
         fc_sum: dict[int, torch.Tensor] = {}

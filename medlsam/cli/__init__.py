@@ -1,7 +1,27 @@
 """Command-line entry points. Each command module has ``main(argv=None) -> int``.
 
-Shared here: logging set-up and the mapping of :class:`~medlsam.errors.MedlsamError` to one
-line on stderr and the error's exit code (a traceback only with ``--debug``).
+Shared here: logging set-up and the mapping of errors to one line on stderr and an exit code
+(a traceback only with ``--debug``).
+
+Exit codes of every medlsam command:
+
+===  ==========================================================================================
+0    everything asked for was done
+1    the run finished, but some cases failed: each is listed in the summary with its reason
+     (``medlsam-infer``/``medlsam-localize``: a query; ``medlsam-eval``: a prediction or boxes
+     file); the others were written, and a re-run redoes only the failed ones
+2    configuration error (:class:`~medlsam.errors.ConfigError`: config file, its keys or list
+     files, ``--shard``, ``--device``), or a bad command line (argparse)
+3    input error stopping the whole run (:class:`~medlsam.errors.InputError`): a support scan or
+     label, a prototypes file, the evaluation's reference labels (a bad QUERY is not fatal: 1)
+4    checkpoint error (:class:`~medlsam.errors.CheckpointError`): missing, truncated, or of
+     another architecture or size; raised before any case runs
+5    output error (:class:`~medlsam.errors.OutputError`): unwritable output folder, full disk,
+     or a folder holding outputs of other settings; finished cases are kept
+70   internal error (a bug): one line, the traceback with ``--debug``; please report it
+130  interrupted (Ctrl-C or SIGTERM, e.g. a scheduler's time limit): the case in progress is
+     removed, finished cases are kept, and the same command resumes
+===  ==========================================================================================
 """
 
 from __future__ import annotations
@@ -13,9 +33,11 @@ from collections.abc import Callable, Sequence
 
 from medlsam.errors import MedlsamError
 
-#: Exit codes of every medlsam command.
+#: Exit codes of every medlsam command (see the module docstring).
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1  # the run finished, but one or more cases failed (listed in the summary)
+EXIT_USAGE = 2  # argparse's own code for a bad command line; also ConfigError.exit_code
+EXIT_INTERNAL = 70  # an unexpected error (a bug); traceback with --debug
 EXIT_INTERRUPTED = 130
 
 
@@ -50,7 +72,7 @@ def run_main(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Parse ``argv``, run ``body(args)``, and turn user errors into one line and an exit code."""
+    """Parse ``argv``, run ``body(args)``, and turn errors into one line and an exit code."""
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     setup_logging(debug, bool(getattr(args, "quiet", False)))
@@ -61,6 +83,21 @@ def run_main(
             raise
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        where = f" {err}" if str(err) else ""
+        print(
+            f"{parser.prog}: interrupted{where}; finished cases are kept: run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
+    except Exception as err:
+        if debug:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(
+            f"{parser.prog}: internal error: {type(err).__name__}: {first} (run with --debug "
+            "for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

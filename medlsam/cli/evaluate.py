@@ -10,6 +10,12 @@ With ``--config``, predictions are read from ``[data] seg_save_path``, reference
 ``query_label_ls`` (each matched to the case named by its query image), classes from
 ``fg_class`` and names from ``fg_class_name``. Outputs go to ``--output`` (default: the
 prediction folder). The table is printed on stdout; warnings on stderr.
+
+``--pred DIR1 DIR2 ...`` scores the union of several folders (the shards of one run; one
+folder holding several shards' outputs needs nothing special). A case whose prediction or
+boxes file is corrupt or on another grid is not scored: it is listed under the table, in
+``summary.json`` (``failed_cases``) and on stderr, the others are scored, and the exit code
+is 1. A reference label map that cannot be read stops the evaluation (exit code 3).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medlsam.cli import add_common_arguments, run_main
+from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
 from medlsam.errors import ConfigError, InputError
 
 _DESCRIPTION = (
@@ -62,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     src = parser.add_argument_group("what to evaluate")
     src.add_argument("--config", type=Path, help="a MedLSAM config (.txt or YAML)")
     src.add_argument(
-        "--pred", type=Path, help="folder of predictions <case>.nii.gz (overrides seg_save_path)"
+        "--pred",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="folder(s) of predictions <case>.nii.gz (overrides seg_save_path); several "
+        "folders (e.g. the shards of one run) are scored together",
     )
     src.add_argument("--labels", type=Path, help="list file of reference label maps, one a line")
     src.add_argument(
@@ -144,7 +155,7 @@ def _labels_from_config(args: argparse.Namespace):
             f"{args.config}: {len(missing)} query label file(s) not found: "
             + "; ".join(missing[:10])
         )
-    pred = args.pred or data.seg_save_path
+    pred = args.pred or [data.seg_save_path]
     classes = args.classes or data.fg_class
     return pred, labels, classes, dict(data.class_names)
 
@@ -177,6 +188,10 @@ def _body(args: argparse.Namespace) -> int:
             "nothing to evaluate: give --config X.txt, or --pred DIR --labels "
             "LIST.txt, or --compare DIR1 DIR2"
         )
+    if args.output is None and len(pred) > 1:
+        raise InputError(
+            f"--pred names {len(pred)} folders: give --output DIR for the summary and tables"
+        )
     result = evaluate(
         pred,
         labels,
@@ -189,10 +204,20 @@ def _body(args: argparse.Namespace) -> int:
         missing_as_empty=args.missing_as_empty,
         workers=args.workers,
     )
-    written = result.write(args.output or pred)
+    written = result.write(args.output or pred[0])
     print(result.table())
     print(f"\nwritten: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
-    return 0
+    failed = result.summary.get("failed_cases") or {}
+    if failed:
+        print(
+            f"medlsam-eval: {len(failed)} of {len(failed) + result.summary['n_cases']} case(s) "
+            "could not be scored:",
+            file=sys.stderr,
+        )
+        for case, reason in failed.items():
+            print(f"  {case}: {reason}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

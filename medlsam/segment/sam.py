@@ -1,0 +1,387 @@
+"""SAM and MedSAM box-prompted segmentation over the ``segment_anything`` package.
+
+What is published (method.md 1.2 and 6) and kept:
+
+* slice input: window [-500, 1000] HU, min-max over the whole volume to [0, 255], resize to
+  1024 x 1024 (order 2), 3 channels (:func:`medlsam.preprocess.sam_slice`);
+* normalisation: SAM's ImageNet pixel mean/std for SAM *and* MedSAM checkpoints (the published
+  reference). ``normalization="unit"`` instead scales each 1024 image to [0, 1] by its own
+  min and max, as MedSAM's own inference code does; it applies to MedSAM only;
+* prompt: one box (XYXY, 1024 frame) through the prompt encoder, ``multimask_output=False``;
+* threshold: the low-resolution logits ``(256, 256)`` go through a sigmoid, are up-sampled
+  bilinearly to 1024 x 1024 (``align_corners=False``) and thresholded at > 0.5 (SAM's own
+  predictor up-samples the logits and thresholds at 0; the two differ only where
+  interpolating the sigmoid and the logit disagree about the side of the boundary);
+* back to the slice's ``(H, W)`` grid by nearest resizing (OpenCV ``INTER_NEAREST``
+  convention, :func:`medlsam.segment.base.nearest_index`).
+
+What is different (method.md 10.1 items 13 and 18-19): each slice goes through the image
+encoder once, whatever the number of organs and sub-boxes crossing it, and all boxes of a
+slice are decoded in one batched prompt-encoder + mask-decoder call; slices with no box are
+never encoded; embeddings are not cached beyond the current batch of slices; on CUDA several
+slices are encoded per batch under autocast (bfloat16 where supported, float16 otherwise) while
+a thread pool prepares the next batch; on the CPU everything runs in float32. Checkpoints are
+read with ``map_location="cpu"`` and ``weights_only=True`` and checked key by key before
+anything runs; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything import sam_model_registry
+from segment_anything.modeling import Sam
+
+from medlsam.errors import CheckpointError
+from medlsam.io import Volume
+from medlsam.medlam import file_sha256
+from medlsam.preprocess import SAM_WINDOW, sam_slice, slice_2d, slice_frame
+from medlsam.segment.base import FRAME, SegmenterStats, SliceRequest, SliceResult, nearest_index
+
+logger = logging.getLogger(__name__)
+
+#: Image-encoder width of each published SAM size (``patch_embed.proj.weight.shape[0]``).
+ENCODER_WIDTH = {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}
+NORMALIZATIONS = ("imagenet", "unit")
+_PATCH_KEY = "image_encoder.patch_embed.proj.weight"
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _describe(items: list[str], limit: int = 3) -> str:
+    return ", ".join(items[:limit]) + (
+        f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    )
+
+
+def read_sam_state_dict(path: str | os.PathLike[str], what: str = "SAM") -> dict[str, torch.Tensor]:
+    """Read a SAM/MedSAM checkpoint on the CPU (tensors only, no code is unpickled).
+
+    Accepts a bare state dict (the published files) or one wrapped as ``{"model": ...}`` or
+    ``{"state_dict": ...}``, with or without a ``module.`` prefix.
+
+    Raises:
+        CheckpointError: missing, empty, truncated or corrupt file, or not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: {what} checkpoint not found (weights are never downloaded; put the file "
+            "there or fix [weight] vit_load_path)"
+        )
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: {what} checkpoint is empty")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(
+            f"{path}: cannot read as a weights-only torch checkpoint ({first[:160]})"
+        ) from err
+    except Exception as err:  # torch raises many types on damaged files (IndexError, ...)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(
+            f"{path}: corrupt or truncated {what} checkpoint ({first[:160]})"
+        ) from err
+    for key in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: holds {type(obj).__name__}, expected a {what} state dict")
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if len(state) != len(obj):
+        bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        raise CheckpointError(f"{path}: entries that are not tensors: {_describe(bad)}")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def check_sam_state(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    path: Path,
+    label: str,
+) -> None:
+    """Raise :class:`CheckpointError` (one line) unless ``state`` fits ``expected`` exactly."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shaped = [
+        f"{k} {list(state[k].shape)} (expected {list(expected[k])})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    if not (missing or unexpected or shaped):
+        return
+    problems = []
+    if shaped:
+        problems.append(f"mis-shaped {_describe(shaped, 2)}")
+    if missing:
+        problems.append(f"missing keys {_describe(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_describe(unexpected)}")
+    hint = ""
+    if _PATCH_KEY in state and state[_PATCH_KEY].ndim == 4:
+        width = int(state[_PATCH_KEY].shape[0])
+        found = [n for n, w in ENCODER_WIDTH.items() if w == width]
+        if found and found[0] not in label:
+            hint = f"; it looks like a {found[0]} checkpoint: set [vit] net_type = {found[0]}"
+    raise CheckpointError(f"{path}: does not fit {label}: " + "; ".join(problems) + hint)
+
+
+def build_sam_model(
+    net_type: str, checkpoint: str | os.PathLike[str] | None, device: torch.device | str = "cpu"
+) -> Sam:
+    """A published-size SAM (``vit_b``/``vit_l``/``vit_h``) with the weights of ``checkpoint``.
+
+    The network is first built on the ``meta`` device (no memory, no random initialisation),
+    the checkpoint is checked against its keys and shapes, then the weights are assigned.
+    """
+    if net_type not in ENCODER_WIDTH:
+        raise ValueError(f"net_type must be one of {sorted(ENCODER_WIDTH)}, not {net_type!r}")
+    if checkpoint is None:
+        raise CheckpointError(
+            f"[weight] vit_load_path is not set: a SAM {net_type} checkpoint is needed "
+            "(weights are never downloaded; or use [vit] backend = classic)"
+        )
+    path = Path(checkpoint)
+    state = read_sam_state_dict(path)
+    with torch.device("meta"):
+        model = sam_model_registry[net_type]()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_sam_state(state, expected, path, f"SAM {net_type}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# segmenter
+
+
+class SamSegmenter:
+    """Box-prompted segmentation with a :class:`segment_anything.modeling.Sam` passed in.
+
+    Args:
+        model: a Sam with a 1024 input (any size: the published ones or a tiny test model).
+        device: where it runs; the model is moved there.
+        name: registry name recorded in outputs.
+        normalization: ``"imagenet"`` (published: the model's pixel mean/std) or ``"unit"``
+            (each 1024 image min-max scaled to [0, 1], MedSAM's own code).
+        batch_size: slices per encoder pass (default 8 on CUDA, 1 on the CPU).
+        autocast_dtype: dtype of the encoder's CUDA autocast; ``"auto"`` = bfloat16 where
+            supported, else float16; None = float32. The CPU always runs float32.
+        workers: threads preparing slice images ahead of the encoder (default 4 on CUDA, 1).
+        checkpoint_sha256: recorded in ``run.json``.
+        zero_raw_zero: force voxels of exactly 0 HU to black, as the published code does.
+    """
+
+    def __init__(
+        self,
+        model: Sam,
+        device: torch.device | str = "cpu",
+        name: str = "sam",
+        normalization: str = "imagenet",
+        batch_size: int | None = None,
+        autocast_dtype: torch.dtype | str | None = "auto",
+        workers: int | None = None,
+        checkpoint_sha256: str | None = None,
+        zero_raw_zero: bool = False,
+    ) -> None:
+        if model.image_encoder.img_size != FRAME:
+            raise ValueError(f"SAM input size must be {FRAME}, not {model.image_encoder.img_size}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, not {normalization!r}"
+            )
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.name = name
+        self.normalization = normalization
+        cuda = self.device.type == "cuda"
+        self.batch_size = max(1, int(batch_size or (8 if cuda else 1)))
+        self.workers = max(1, int(workers or (4 if cuda else 1)))
+        if autocast_dtype == "auto":
+            autocast_dtype = (
+                torch.bfloat16
+                if cuda and torch.cuda.is_bf16_supported()
+                else (torch.float16 if cuda else None)
+            )
+        self.autocast_dtype = autocast_dtype if cuda else None
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.zero_raw_zero = zero_raw_zero
+        self.stats = SegmenterStats()
+        self._lock = threading.Lock()
+
+    def fit(self, supports: Sequence[tuple[Volume, Volume]], classes: Sequence[int]) -> None:
+        """Nothing to learn: SAM is prompted by boxes only."""
+
+    # -- the three network steps -------------------------------------------------------------
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 1024, 1024, 3)`` uint8 (channels last) -> ``(B, 3, 1024, 1024)`` float32."""
+        x = images.to(self.device).permute(0, 3, 1, 2).float()
+        if self.normalization == "imagenet":
+            return (x - self.model.pixel_mean) / self.model.pixel_std
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        return (x - lo) / torch.clamp(hi - lo, min=1e-8)
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Image embeddings ``(B, C, 64, 64)`` float32 of ``(B, 1024, 1024, 3)`` uint8 images."""
+        began = time.perf_counter()
+        x = self.normalize(torch.as_tensor(images))
+        if self.autocast_dtype is not None:
+            with torch.autocast("cuda", dtype=self.autocast_dtype):
+                emb = self.model.image_encoder(x)
+        else:
+            emb = self.model.image_encoder(x)
+        emb = emb.float()
+        self._sync()
+        self.stats.encoder_calls += int(x.shape[0])
+        self.stats.encoder_batches += 1
+        self.stats.add_time("encoder", time.perf_counter() - began)
+        return emb
+
+    @torch.inference_mode()
+    def decode(
+        self, embedding: torch.Tensor, boxes: np.ndarray, out_hw: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """All boxes of one slice in one prompt-encoder + mask-decoder call.
+
+        Args:
+            embedding: ``(1, C, 64, 64)`` of the slice.
+            boxes: ``(N, 4)`` XYXY in the 1024 frame.
+            out_hw: the slice's own ``(H, W)``.
+
+        Returns:
+            probs ``(N, H, W)`` float32 (sigmoid, bilinear to 1024, nearest to ``(H, W)``) and
+            the predicted IoU ``(N,)`` float32.
+        """
+        began = time.perf_counter()
+        box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device)
+        sparse, dense = self.model.prompt_encoder(points=None, boxes=box_t, masks=None)
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        prob = torch.sigmoid(low_res.float())
+        prob = F.interpolate(prob, size=(FRAME, FRAME), mode="bilinear", align_corners=False)
+        rows = torch.as_tensor(nearest_index(out_hw[0]), device=self.device)
+        cols = torch.as_tensor(nearest_index(out_hw[1]), device=self.device)
+        prob = prob[:, 0].index_select(1, rows).index_select(2, cols)
+        out = prob.cpu().numpy(), iou[:, 0].float().cpu().numpy()
+        self.stats.decoder_calls += 1
+        self.stats.add_time("decoder", time.perf_counter() - began)
+        return out
+
+    def segment_slice(
+        self, image: np.ndarray, boxes: np.ndarray, out_hw: tuple[int, int] = (FRAME, FRAME)
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Segment one ``(1024, 1024, 3)`` uint8 slice image with ``(N, 4)`` boxes (1024 frame).
+
+        Returns masks ``(N, H, W)`` bool, scores ``(N,)`` and probs ``(N, H, W)`` float32.
+        """
+        emb = self.encode(np.asarray(image)[None])
+        probs, scores = self.decode(emb, boxes, out_hw)
+        self.stats.slices += 1
+        self.stats.boxes += int(len(boxes))
+        return probs > 0.5, scores, probs
+
+    # -- whole volume ------------------------------------------------------------------------
+
+    def slice_image(
+        self, volume: Volume, axis: int, index: int, lo: float, hi: float
+    ) -> np.ndarray:
+        """The published SAM input ``(1024, 1024, 3)`` uint8 of one slice.
+
+        ``lo``/``hi`` are the volume's clipped minimum and maximum, so this equals
+        ``sam_slice(slice_2d(sam_window(volume.data), axis, index))`` without windowing the
+        whole volume.
+        """
+        began = time.perf_counter()
+        plane = slice_2d(volume.data, axis, index)
+        clipped = np.clip(plane, *SAM_WINDOW).astype(np.float32)
+        scaled = (clipped - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(clipped)
+        if self.zero_raw_zero:
+            scaled[plane == 0] = 0
+        image = sam_slice(scaled)
+        with self._lock:  # called from worker threads
+            self.stats.add_time("slice_preprocess", time.perf_counter() - began)
+        return image
+
+    def segment(self, volume: Volume, requests: Sequence[SliceRequest]) -> Iterator[SliceResult]:
+        """Segment every request of a query, encoding each requested slice exactly once."""
+        if not requests:
+            return
+        axis = volume.slice_axis()
+        row_axis, col_axis = slice_frame(volume.shape, axis)
+        out_hw = (volume.shape[row_axis], volume.shape[col_axis])
+        lo, hi = (float(np.clip(v, *SAM_WINDOW)) for v in (volume.data.min(), volume.data.max()))
+        chunks = [
+            requests[i : i + self.batch_size] for i in range(0, len(requests), self.batch_size)
+        ]
+
+        def prepare(chunk: Sequence[SliceRequest]) -> np.ndarray:
+            return np.stack([self.slice_image(volume, axis, r.index, lo, hi) for r in chunk])
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            ahead = [pool.submit(prepare, chunk) for chunk in chunks[: self.workers]]
+            for n, chunk in enumerate(chunks):
+                images = ahead.pop(0).result()
+                if n + self.workers < len(chunks):
+                    ahead.append(pool.submit(prepare, chunks[n + self.workers]))
+                embeddings = self.encode(images)
+                for k, request in enumerate(chunk):
+                    if len(request) == 0:
+                        raise ValueError(f"slice {request.index}: a request needs at least one box")
+                    probs, scores = self.decode(embeddings[k : k + 1], request.boxes, out_hw)
+                    self.stats.slices += 1
+                    self.stats.boxes += len(request)
+                    yield SliceResult(request.index, probs > 0.5, scores, probs)
+                del embeddings
+
+
+def build_sam_segmenter(
+    checkpoint: str | os.PathLike[str] | None,
+    device: torch.device | str = "cpu",
+    *,
+    family: str = "sam",
+    net_type: str = "vit_b",
+    normalization: str = "imagenet",
+    **options: object,
+) -> SamSegmenter:
+    """Build a SAM-family backend from a published checkpoint (``family`` sam or medsam).
+
+    ``normalization`` applies to MedSAM only; SAM checkpoints always use ImageNet mean/std.
+    """
+    model = build_sam_model(net_type, checkpoint, device)
+    sha = file_sha256(checkpoint) if checkpoint is not None else None
+    norm = normalization if family == "medsam" else "imagenet"
+    return SamSegmenter(
+        model,
+        device,
+        name=f"{family}_{net_type}",
+        normalization=norm,
+        checkpoint_sha256=sha,
+        **options,  # type: ignore[arg-type]
+    )
