@@ -192,6 +192,18 @@ class Localizer:
             self.stats["forward_seconds"] += time.perf_counter() - began
             yield rows, out
 
+    def _forward_unique(
+        self, array: np.ndarray, centres: np.ndarray, fc: bool, features: Sequence[str]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]]:
+        """Run each distinct patch centre once (SPL parts share boundary points, clamped points
+        coincide). Yields ``(members, local, outputs)``: the indices of ``centres`` served by
+        this batch and, for each, its row in ``outputs``."""
+        unique, inverse = np.unique(np.asarray(centres), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        for rows, out in self._forward(array, unique, fc, features):
+            members = np.nonzero((inverse >= rows.start) & (inverse < rows.stop))[0]
+            yield members, inverse[members] - rows.start, out
+
     # ----------------------------------------------------------------------------------------
     # prototypes
 
@@ -274,15 +286,19 @@ class Localizer:
         self, padded: np.ndarray, points: np.ndarray
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Position codes ``(N, 3)`` and per-scale normalised template cubes ``(N, C, k, k, k)``."""
-        fcs, feats = [], {s: [] for s in self.feature_scales}
-        for _, out in self._forward(padded, points, fc=True, features=self.feature_scales):
-            fcs.append(out["fc_position"].cpu())
+        n = len(points)
+        fcs = torch.zeros(n, 3)
+        feats: dict[str, torch.Tensor] = {}
+        for members, local, out in self._forward_unique(padded, points, True, self.feature_scales):
+            fcs[members] = out["fc_position"][local].cpu()
             for scale in self.feature_scales:
-                fmap = out[scale]
+                fmap = out[scale][local]
                 cut = template_slice(fmap.shape[-1])
-                cube = F.normalize(fmap[:, :, cut, cut, cut], dim=1)
-                feats[scale].append(cube.cpu())
-        return torch.cat(fcs), {s: torch.cat(v) for s, v in feats.items()}
+                cube = F.normalize(fmap[:, :, cut, cut, cut], dim=1).cpu()
+                if scale not in feats:
+                    feats[scale] = torch.zeros((n, *cube.shape[1:]))
+                feats[scale][members] = cube
+        return fcs, feats
 
     def save_prototypes(self, path: str | Path) -> Path:
         return self._require_prototypes().save(path)
@@ -354,8 +370,10 @@ class Localizer:
         padded = pad(grid.array)
         shape = np.array(padded.shape)
         centres = initial_centres(padded, rng)
-        codes = [out["fc_position"].cpu() for _, out in self._forward(padded, centres, True, ())]
-        query_code = torch.cat(codes).double().mean(dim=0).numpy()
+        codes = torch.zeros(len(centres), 3)
+        for members, local, out in self._forward_unique(padded, centres, True, ()):
+            codes[members] = out["fc_position"][local].cpu()
+        query_code = codes.double().mean(dim=0).numpy()
         origin_mm = centres.mean(axis=0) * MEDLAM_SPACING
         coarse: dict[int, np.ndarray] = {}
         inside: dict[int, bool] = {}
@@ -387,10 +405,11 @@ class Localizer:
     ) -> np.ndarray:
         """MSS offsets ``(N, 3)`` int64 for points ``(N, 3)`` on the padded grid, in batches."""
         offsets = np.zeros_like(points)
-        for rows, out in self._forward(padded, points, fc=False, features=self.feature_scales):
-            batch = {s: t[rows] for s, t in templates.items()}
-            score = similarity_map(out, batch, self.feature_scales)
-            offsets[rows] = mss_offsets(score)
+        for members, local, out in self._forward_unique(padded, points, False, self.feature_scales):
+            feats = {s: out[s][local] for s in self.feature_scales}
+            batch = {s: t[members] for s, t in templates.items()}
+            score = similarity_map(feats, batch, self.feature_scales)
+            offsets[members] = mss_offsets(score)
         return offsets
 
 
