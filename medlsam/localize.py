@@ -43,7 +43,7 @@ from medlsam.boxes import Box3D, OrganBoxes
 from medlsam.config import BoxMode
 from medlsam.errors import InputError
 from medlsam.io import Volume, same_grid
-from medlsam.matching import crop_patches, mss_offsets, similarity_map
+from medlsam.matching import crop_patches, initial_centres, mss_offsets, similarity_map
 from medlsam.medlam import FEATURE_NAMES, MedLAM, weights_fingerprint
 from medlsam.preprocess import MEDLAM_SPACING, PAD, MedlamInput, medlam_image, medlam_label, pad
 from medlsam.prototypes import (
@@ -59,60 +59,6 @@ logger = logging.getLogger(__name__)
 
 #: Scale of the relative displacement, mm along (z, y, x) (published ``dis_ratio``).
 DIS_RATIO = np.array([1500.0, 600.0, 600.0])
-#: Number of initial query patches and half-width of their start window (3 mm voxels).
-INITIAL_PATCHES = 10
-START_HALF_WINDOW = 10
-#: A patch centre is tissue when its normalised value is at least this (published).
-AIR_THRESHOLD = 0.001
-#: Draws per initial patch before falling back to the nearest non-air voxel.
-MAX_DRAWS = 100
-
-
-def initial_centres(
-    padded: np.ndarray, rng: np.random.Generator, n: int = INITIAL_PATCHES
-) -> np.ndarray:
-    """Centres of the initial patches on the padded 3 mm grid, ``(n, 3)`` int64 ``(z, y, x)``.
-
-    Each axis is drawn uniformly in ``[s//2 - 10, s//2 + 10)`` and re-drawn while the voxel is
-    air; see the module docstring for the guaranteed-termination fallback.
-    """
-    shape = np.array(padded.shape)
-    lo = shape // 2 - START_HALF_WINDOW
-    hi = shape // 2 + START_HALF_WINDOW
-    window = padded[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    fallback = None if (window >= AIR_THRESHOLD).any() else _nearest_tissue(padded)
-    centres = []
-    for _ in range(n):
-        chosen = fallback
-        if chosen is None:
-            for _ in range(MAX_DRAWS):
-                draw = rng.integers(lo, hi)
-                if padded[tuple(draw)] >= AIR_THRESHOLD:
-                    chosen = draw
-                    break
-            else:
-                chosen = fallback = _nearest_tissue(padded)
-        centres.append(chosen)
-    if fallback is not None:
-        logger.warning("the centre of the query is air; initial patches start at %s", fallback)
-    return np.array(centres, dtype=np.int64)
-
-
-def _nearest_tissue(padded: np.ndarray) -> np.ndarray:
-    """The non-air voxel nearest the centre (first in C order on ties), else the centre."""
-    centre = np.array(padded.shape) // 2
-    radius = START_HALF_WINDOW
-    while True:
-        lo = np.maximum(centre - radius, 0)
-        hi = np.minimum(centre + radius + 1, padded.shape)
-        found = np.argwhere(padded[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] >= AIR_THRESHOLD)
-        if found.size:
-            found = found + lo
-            best = np.argmin(((found - centre) ** 2).sum(axis=1))
-            return found[best].astype(np.int64)
-        if np.all(lo == 0) and np.all(hi == padded.shape):
-            return centre.astype(np.int64)
-        radius *= 2
 
 
 def group_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Patch cropping and the multi-scale similarity (MSS) template matching of MedLAM (method.md 4.5).
+"""Query patches of MedLAM: where the search starts (method.md 4.2), patch cropping, and the
+multi-scale similarity (MSS) template matching (method.md 4.5).
 
 Frames: patch centres are indices on the padded 3 mm LAS grid ``(z, y, x)``; a patch around
 centre ``c`` covers ``[c - 32, c + 32)`` on every axis. Offsets returned by
@@ -13,6 +14,7 @@ resolution.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,6 +25,64 @@ import torch.nn.functional as F
 PATCH = 64
 #: Offset convention of the published arg-max: ``offset = index - (PATCH // 2 - 1)``.
 ARGMAX_ORIGIN = PATCH // 2 - 1
+
+
+logger = logging.getLogger(__name__)
+
+#: Number of initial query patches and half-width of their start window (3 mm voxels).
+INITIAL_PATCHES = 10
+START_HALF_WINDOW = 10
+#: A patch centre is tissue when its normalised value is at least this (published).
+AIR_THRESHOLD = 0.001
+#: Draws per initial patch before falling back to the nearest non-air voxel.
+MAX_DRAWS = 100
+
+
+def initial_centres(
+    padded: np.ndarray, rng: np.random.Generator, n: int = INITIAL_PATCHES
+) -> np.ndarray:
+    """Centres of the initial patches on the padded 3 mm grid, ``(n, 3)`` int64 ``(z, y, x)``.
+
+    Each axis is drawn uniformly in ``[s//2 - 10, s//2 + 10)`` and re-drawn while the voxel is
+    air; see the module docstring for the guaranteed-termination fallback.
+    """
+    shape = np.array(padded.shape)
+    lo = shape // 2 - START_HALF_WINDOW
+    hi = shape // 2 + START_HALF_WINDOW
+    window = padded[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    fallback = None if (window >= AIR_THRESHOLD).any() else _nearest_tissue(padded)
+    centres = []
+    for _ in range(n):
+        chosen = fallback
+        if chosen is None:
+            for _ in range(MAX_DRAWS):
+                draw = rng.integers(lo, hi)
+                if padded[tuple(draw)] >= AIR_THRESHOLD:
+                    chosen = draw
+                    break
+            else:
+                chosen = fallback = _nearest_tissue(padded)
+        centres.append(chosen)
+    if fallback is not None:
+        logger.warning("the centre of the query is air; initial patches start at %s", fallback)
+    return np.array(centres, dtype=np.int64)
+
+
+def _nearest_tissue(padded: np.ndarray) -> np.ndarray:
+    """The non-air voxel nearest the centre (first in C order on ties), else the centre."""
+    centre = np.array(padded.shape) // 2
+    radius = START_HALF_WINDOW
+    while True:
+        lo = np.maximum(centre - radius, 0)
+        hi = np.minimum(centre + radius + 1, padded.shape)
+        found = np.argwhere(padded[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] >= AIR_THRESHOLD)
+        if found.size:
+            found = found + lo
+            best = np.argmin(((found - centre) ** 2).sum(axis=1))
+            return found[best].astype(np.int64)
+        if np.all(lo == 0) and np.all(hi == padded.shape):
+            return centre.astype(np.int64)
+        radius *= 2
 
 
 def crop_patches(array: np.ndarray, centres: np.ndarray, size: int = PATCH) -> np.ndarray:
@@ -46,8 +106,8 @@ def crop_patches(array: np.ndarray, centres: np.ndarray, size: int = PATCH) -> n
             continue
         dst_lo = src_lo - lo
         dst_hi = dst_lo + (src_hi - src_lo)
-        out[n, 0, dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = array[
-            src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]
+        out[n, 0, dst_lo[0] : dst_hi[0], dst_lo[1] : dst_hi[1], dst_lo[2] : dst_hi[2]] = array[
+            src_lo[0] : src_hi[0], src_lo[1] : src_hi[1], src_lo[2] : src_hi[2]
         ]
     return out
 

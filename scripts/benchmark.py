@@ -70,7 +70,8 @@ from medlsam.fast_sam import (  # noqa: E402
     restore_image_encoder,
 )
 from medlsam.io import read_image, read_label  # noqa: E402
-from medlsam.localize import INITIAL_PATCHES, Localizer  # noqa: E402
+from medlsam.localize import Localizer  # noqa: E402
+from medlsam.matching import INITIAL_PATCHES  # noqa: E402
 from medlsam.medlam import build_medlam  # noqa: E402
 from medlsam.pipeline import run_case  # noqa: E402
 from medlsam.pipeline_outputs import write_case as write_outputs  # noqa: E402

@@ -15,8 +15,8 @@ from torch import nn
 from medlsam.config import BoxMode
 from medlsam.errors import InputError
 from medlsam.io import Volume
-from medlsam.localize import AIR_THRESHOLD, Localizer, initial_centres
-from medlsam.matching import correlate, crop_patches, mss_offsets
+from medlsam.localize import Localizer
+from medlsam.matching import AIR_THRESHOLD, correlate, crop_patches, initial_centres, mss_offsets
 from medlsam.medlam import MedLAM
 from medlsam.preprocess import medlam_image, medlam_label
 from medlsam.prototypes import (
