@@ -37,8 +37,10 @@ from medlsam.volume import (  # noqa: F401  (re-exported: io is the public entry
     IndexMap,
     Volume,
     case_name,
+    check_hounsfield,  # noqa: F401 (re-exported)
     same_grid,
     to_las,
+    validate_geometry,
 )
 
 logger = logging.getLogger(__name__)
@@ -224,27 +226,6 @@ def _load_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raise InputError(f"{path}: unknown format")  # pragma: no cover
 
 
-def _validate_geometry(path: Path, data: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    shape_text = "x".join(str(s) for s in data.shape)
-    if data.ndim < 3 or (data.ndim == 3 and min(data.shape) == 1):
-        raise InputError(f"{path}: image is 2D (shape {shape_text}); expected a 3D CT volume")
-    if data.ndim > 3:
-        raise InputError(
-            f"{path}: image is {data.ndim}D (shape {shape_text}); expected a 3D CT volume"
-        )
-    if not np.all(np.isfinite(affine)):
-        raise InputError(f"{path}: voxel-to-world matrix contains NaN or infinity")
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    if np.any(spacing <= 1e-6) or abs(np.linalg.det(affine[:3, :3])) <= 1e-9:
-        raise InputError(
-            f"{path}: voxel spacing {np.round(spacing, 4).tolist()} mm has a zero axis; "
-            "expected positive spacing on all three axes"
-        )
-    return data
-
-
 def _reason(err: BaseException) -> str:
     """One line saying why a reader failed (ITK's own line where SimpleITK raised)."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
@@ -275,7 +256,7 @@ def _read(path: str | os.PathLike[str]) -> tuple[Path, np.ndarray, np.ndarray]:
         raise InputError(
             f"{path}: cannot read image ({reason}); expected NIfTI, NRRD, MHA/MHD or a DICOM folder"
         ) from err
-    data = _validate_geometry(path, data, affine)
+    data = validate_geometry(path, data, affine)
     return path, data, affine
 
 
@@ -316,32 +297,6 @@ def read_label(path: str | os.PathLike[str]) -> Volume:
     if raw.size and raw.min() < 0:
         raise InputError(f"{path}: label map has negative values; expected class ids >= 0")
     return Volume(data=raw.astype(np.int32, copy=False), affine=affine, path=path)
-
-
-def check_hounsfield(data: np.ndarray, path: Path | str) -> None:
-    """Refuse volumes whose values do not look like CT in Hounsfield units.
-
-    A CT scan of a body contains air around it (about -1000 HU), so its minimum lies far
-    below zero. An MR scan (non-negative or barely negative values) and CT stored without its
-    rescale (a +1024 offset, air near 0) do not, and either would reach the networks as noise.
-    """
-    lo = float(data.min())
-    hi = float(data.max())
-    if lo <= -500:
-        return
-    sample = data[::4, ::4, ::4] if data.size > 10**6 else data
-    near_zero = float(np.mean(sample <= 100))  # air moved to about +24
-    tissue = float(np.mean((sample >= 900) & (sample <= 1200)))  # soft tissue moved to ~1000+
-    if lo >= -10 and near_zero > 0.02 and tissue > 0.1:
-        raise InputError(
-            f"{path}: values {lo:.0f}..{hi:.0f} look like CT stored with a +1024 offset "
-            "(air near 0, soft tissue near 1024); expected Hounsfield units (air about -1000): "
-            "subtract 1024 first"
-        )
-    raise InputError(
-        f"{path}: values {lo:.0f}..{hi:.0f} do not look like CT in Hounsfield units "
-        "(no air below -500 HU); MedLSAM needs CT, and MR scans are not supported"
-    )
 
 
 # --------------------------------------------------------------------------------------------

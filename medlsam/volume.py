@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from nibabel import orientations as ornt_mod
 
+from medlsam.errors import InputError
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 KNOWN_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
@@ -136,3 +138,54 @@ def to_las(volume: Volume) -> tuple[np.ndarray, np.ndarray, IndexMap]:
     new_affine = volume.affine @ to_original
     spacing_xyz = np.sqrt((new_affine[:3, :3] ** 2).sum(axis=0))
     return las_xyz.transpose(2, 1, 0), spacing_xyz[::-1].copy(), index_map
+
+
+# --------------------------------------------------------------------------------------------
+# checks of voxels and geometry (no file access)
+
+
+def validate_geometry(path: Path, data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    shape_text = "x".join(str(s) for s in data.shape)
+    if data.ndim < 3 or (data.ndim == 3 and min(data.shape) == 1):
+        raise InputError(f"{path}: image is 2D (shape {shape_text}); expected a 3D CT volume")
+    if data.ndim > 3:
+        raise InputError(
+            f"{path}: image is {data.ndim}D (shape {shape_text}); expected a 3D CT volume"
+        )
+    if not np.all(np.isfinite(affine)):
+        raise InputError(f"{path}: voxel-to-world matrix contains NaN or infinity")
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(spacing <= 1e-6) or abs(np.linalg.det(affine[:3, :3])) <= 1e-9:
+        raise InputError(
+            f"{path}: voxel spacing {np.round(spacing, 4).tolist()} mm has a zero axis; "
+            "expected positive spacing on all three axes"
+        )
+    return data
+
+
+def check_hounsfield(data: np.ndarray, path: Path | str) -> None:
+    """Refuse volumes whose values do not look like CT in Hounsfield units.
+
+    A CT scan of a body contains air around it (about -1000 HU), so its minimum lies far
+    below zero. An MR scan (non-negative or barely negative values) and CT stored without its
+    rescale (a +1024 offset, air near 0) do not, and either would reach the networks as noise.
+    """
+    lo = float(data.min())
+    hi = float(data.max())
+    if lo <= -500:
+        return
+    sample = data[::4, ::4, ::4] if data.size > 10**6 else data
+    near_zero = float(np.mean(sample <= 100))  # air moved to about +24
+    tissue = float(np.mean((sample >= 900) & (sample <= 1200)))  # soft tissue moved to ~1000+
+    if lo >= -10 and near_zero > 0.02 and tissue > 0.1:
+        raise InputError(
+            f"{path}: values {lo:.0f}..{hi:.0f} look like CT stored with a +1024 offset "
+            "(air near 0, soft tissue near 1024); expected Hounsfield units (air about -1000): "
+            "subtract 1024 first"
+        )
+    raise InputError(
+        f"{path}: values {lo:.0f}..{hi:.0f} do not look like CT in Hounsfield units "
+        "(no air below -500 HU); MedLSAM needs CT, and MR scans are not supported"
+    )
