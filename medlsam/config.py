@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medlsam.errors import ConfigError
-from medlsam.ini import parse_value, read_raw, suggest, write_config_txt
+from medlsam.ini import SectionReader, parse_value, read_raw, suggest, write_config_txt
 from medlsam.io import read_path_list
 
 __all__ = [
@@ -161,73 +161,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
 }
 
 
-class _Reader:
-    """Typed access to the raw sections, with errors naming file, key, value and expectation."""
-
-    def __init__(self, path: Path, raw: dict[str, dict[str, Any]]):
-        self.path = path
-        self.raw = raw
-        for section, keys in raw.items():
-            if section not in _KNOWN:
-                raise ConfigError(
-                    f"{path}: unknown section [{section}]{suggest(section, list(_KNOWN))} "
-                    f"(known: {', '.join('[' + s + ']' for s in _KNOWN)})"
-                )
-            for key in keys:
-                if key not in _KNOWN[section]:
-                    raise ConfigError(
-                        f"{path}: unknown key {key!r} in [{section}]"
-                        f"{suggest(key, list(_KNOWN[section]))}"
-                    )
-        for section, keys in _KNOWN.items():
-            for key, required in keys.items():
-                if required and self.get(section, key) is None:
-                    raise ConfigError(f"{path}: [{section}] {key} is required but missing")
-
-    def get(self, section: str, key: str, default: Any = None) -> Any:
-        value = self.raw.get(section, {}).get(key)
-        return default if value is None else value
-
-    def fail(self, section: str, key: str, value: Any, expected: str) -> ConfigError:
-        return ConfigError(f"{self.path}: [{section}] {key} = {value!r}: expected {expected}")
-
-    def path_value(self, section: str, key: str) -> Path | None:
-        value = self.get(section, key)
-        if value is None or value is False:
-            return None
-        if not isinstance(value, str):
-            raise self.fail(section, key, value, "a file path")
-        path = Path(os.path.expanduser(value))
-        return path if path.is_absolute() else self.path.parent / path
-
-    def int_value(
-        self, section: str, key: str, default: int | None, minimum: int = 0
-    ) -> int | None:
-        value = self.get(section, key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(section, key, value, f"an integer >= {minimum}")
-        return value
-
-    def choice(self, section: str, key: str, default: str, options: tuple[str, ...]) -> str:
-        value = self.get(section, key, default)
-        text = str(value)
-        match = {o.lower(): o for o in options}.get(text.lower())
-        if match is None:
-            raise self.fail(
-                section, key, value, f"one of {', '.join(options)}{suggest(text, options)}"
-            )
-        return match
-
-    def bool_value(self, section: str, key: str, default: bool) -> bool:
-        value = self.get(section, key, default)
-        if not isinstance(value, bool):
-            raise self.fail(section, key, value, "True or False")
-        return value
-
-
-def _resolve_backend(reader: _Reader, net_type: str, vit_path: Path | None) -> str:
+def _resolve_backend(reader: SectionReader, net_type: str, vit_path: Path | None) -> str:
     explicit = reader.get("vit", "backend")
     if explicit is not None:
         return reader.choice("vit", "backend", "", SEGMENTER_NAMES)
@@ -243,7 +177,7 @@ def _resolve_backend(reader: _Reader, net_type: str, vit_path: Path | None) -> s
     return name
 
 
-def _read_lists(reader: _Reader, data: dict[str, Any]) -> dict[str, tuple[Path, ...] | None]:
+def _read_lists(reader: SectionReader, data: dict[str, Any]) -> dict[str, tuple[Path, ...] | None]:
     lists: dict[str, tuple[Path, ...] | None] = {}
     for key in ("support_image_ls", "support_label_ls", "query_image_ls", "query_label_ls"):
         list_path = data[key]
@@ -265,7 +199,7 @@ def _read_lists(reader: _Reader, data: dict[str, Any]) -> dict[str, tuple[Path, 
     return lists
 
 
-def _read_list(reader: _Reader, key: str, list_path: Path) -> list[Path]:
+def _read_list(reader: SectionReader, key: str, list_path: Path) -> list[Path]:
     try:
         return read_path_list(list_path)
     except Exception as err:
@@ -284,7 +218,7 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
         ConfigError: naming the file, the key, the value and what was expected.
     """
     path = Path(path)
-    reader = _Reader(path, read_raw(path))
+    reader = SectionReader(path, read_raw(path), _KNOWN)
 
     fg = reader.get("data", "fg_class")
     if isinstance(fg, int) and not isinstance(fg, bool):

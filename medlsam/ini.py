@@ -99,3 +99,75 @@ def write_config_txt(
         lines += [f"{key} = {fmt(value)}" for key, value in values.items()]
         lines.append("")
     return atomic_write_text(path, "\n".join(lines))
+
+
+class SectionReader:
+    """Typed access to raw sections, with errors naming file, key, value and expectation.
+
+    ``known`` maps each section to its keys and whether each is required; unknown sections
+    and keys are refused with the closest known name.
+    """
+
+    def __init__(
+        self, path: Path, raw: dict[str, dict[str, Any]], known: Mapping[str, Mapping[str, bool]]
+    ):
+        self.path = path
+        self.raw = raw
+        for section, keys in raw.items():
+            if section not in known:
+                raise ConfigError(
+                    f"{path}: unknown section [{section}]{suggest(section, list(known))} "
+                    f"(known: {', '.join('[' + s + ']' for s in known)})"
+                )
+            for key in keys:
+                if key not in known[section]:
+                    raise ConfigError(
+                        f"{path}: unknown key {key!r} in [{section}]"
+                        f"{suggest(key, list(known[section]))}"
+                    )
+        for section, keys in known.items():
+            for key, required in keys.items():
+                if required and self.get(section, key) is None:
+                    raise ConfigError(f"{path}: [{section}] {key} is required but missing")
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        value = self.raw.get(section, {}).get(key)
+        return default if value is None else value
+
+    def fail(self, section: str, key: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(f"{self.path}: [{section}] {key} = {value!r}: expected {expected}")
+
+    def path_value(self, section: str, key: str) -> Path | None:
+        value = self.get(section, key)
+        if value is None or value is False:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(section, key, value, "a file path")
+        path = Path(os.path.expanduser(value))
+        return path if path.is_absolute() else self.path.parent / path
+
+    def int_value(
+        self, section: str, key: str, default: int | None, minimum: int = 0
+    ) -> int | None:
+        value = self.get(section, key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(section, key, value, f"an integer >= {minimum}")
+        return value
+
+    def choice(self, section: str, key: str, default: str, options: tuple[str, ...]) -> str:
+        value = self.get(section, key, default)
+        text = str(value)
+        match = {o.lower(): o for o in options}.get(text.lower())
+        if match is None:
+            raise self.fail(
+                section, key, value, f"one of {', '.join(options)}{suggest(text, options)}"
+            )
+        return match
+
+    def bool_value(self, section: str, key: str, default: bool) -> bool:
+        value = self.get(section, key, default)
+        if not isinstance(value, bool):
+            raise self.fail(section, key, value, "True or False")
+        return value
