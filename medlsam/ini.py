@@ -166,6 +166,22 @@ class SectionReader:
             )
         return match
 
+    def number(
+        self, section: str, key: str, default: float, minimum: float = 0.0, strict: bool = False
+    ) -> float:
+        """A float (ints accepted) ``>= minimum``, or ``> minimum`` when ``strict``."""
+        value = self.get(section, key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or value < minimum or (strict and value <= minimum):
+            raise self.fail(section, key, value, f"a number {'>' if strict else '>='} {minimum}")
+        return float(value)
+
+    def fixed(self, section: str, key: str, allowed: Any) -> None:
+        """Refuse any value but ``allowed`` (keys kept for format compatibility only)."""
+        value = self.get(section, key)
+        if value is not None and value != allowed:
+            raise self.fail(section, key, value, f"{allowed!r} (the only value supported)")
+
     def bool_value(self, section: str, key: str, default: bool) -> bool:
         value = self.get(section, key, default)
         if not isinstance(value, bool):

@@ -40,7 +40,7 @@ RANKS = {
     "evaluate": 9,
     "synth": 6,
     "train": 15,
-    "losses": 15,
+    "losses": 14,
     "cli": 20,
 }
 
@@ -99,7 +99,18 @@ def test_imports_point_left(module, path):
 def test_no_print_or_global_seeding_in_library_code(module, path):
     if module.startswith("medlsam.cli") or path.name == "__main__.py":
         return
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    # seeding inside `with torch.random.fork_rng(...)` leaves the caller's state untouched
+    forked = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.With)
+        and any("fork_rng" in ast.unparse(item.context_expr) for item in node.items)
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in forked:
+            continue
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id not in ("print", "input", "exit"), f"{module}: {node.func.id}()"
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
