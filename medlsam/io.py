@@ -60,8 +60,8 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
     """Read a list file: one path a line; blank lines and lines starting with ``#`` are ignored.
 
-    Relative paths are resolved against the folder of the list file itself (not the current
-    working directory), so a data folder can be moved with its lists.
+    Relative paths are resolved (lexically, like a shell's ``cd``) against the folder of the list
+    file itself, not the current working directory, so a data folder can be moved with its lists.
     """
     list_file = Path(list_file)
     if not list_file.is_file():
@@ -79,7 +79,8 @@ def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
             continue
         path = Path(os.path.expanduser(text))
         if not path.is_absolute():
-            path = list_file.parent / path
+            # lexically, as a shell's `cd` would: messages then name clean paths
+            path = Path(os.path.normpath(list_file.parent / path))
         paths.append(path)
     return paths
 
@@ -198,10 +199,11 @@ def _header_shape(path: Path) -> tuple[int, ...] | None:
 def _memory_guard(path: Path, shape: Sequence[int]) -> None:
     """Refuse, before loading it, a volume of more than :data:`MAX_VOXELS` voxels."""
     if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-        need_gib = np.prod(shape, dtype=np.float64) * 4 * 3 / 2**30
+        need = np.prod(shape, dtype=np.float64) * 4 * 3
+        amount = f"{need / 2**30:.1f} GiB" if need >= 2**30 else f"{need / 2**20:.0f} MiB"
         raise InputError(
             f"{path}: {'x'.join(map(str, shape))} voxels is more than the memory guard allows "
-            f"({MAX_VOXELS} voxels); processing it would need about {need_gib:.1f} GiB of memory"
+            f"({MAX_VOXELS} voxels); processing it would need about {amount} of memory"
         )
 
 
