@@ -28,7 +28,6 @@ import hashlib
 import io
 import logging
 import os
-import pickle
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medlsam.checkpoint import load_weights
 from medlsam.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -156,8 +156,8 @@ class MedLAM(nn.Module):
             raise ValueError(f"expected input of shape (B, 1, D, H, W), got {tuple(x.shape)}")
         if fc and tuple(x.shape[2:]) != (PATCH_SIZE,) * 3:
             raise ValueError(f"fc_position needs 64^3 patches, got {tuple(x.shape[2:])}")
-        depth = 3 if classification else max(
-            (FEATURE_NAMES.index(n) + 1 for n in wanted), default=0
+        depth = (
+            3 if classification else max((FEATURE_NAMES.index(n) + 1 for n in wanted), default=0)
         )
         out: dict[str, torch.Tensor] = {}
         conv0 = self.conv0_2(self.conv0_1(x))
@@ -270,23 +270,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         CheckpointError: missing, empty, truncated/corrupt, or not a state dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: MedLAM checkpoint not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: MedLAM checkpoint is empty")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(
-            f"{path}: cannot read as a weights-only torch checkpoint ({first[:160]}); "
-            "re-save its state_dict with torch.save"
-        ) from err
-    except Exception as err:  # torch.load raises many unrelated types on damaged files
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint ({first[:160]}); expected a MedLAM .pth"
-        ) from err
+    obj = load_weights(path, "MedLAM")
     return _extract_state_dict(obj, path)
 
 

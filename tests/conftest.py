@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medlsam.io import Volume
 
@@ -80,3 +81,12 @@ def make_ct(
 @pytest.fixture
 def tiny_ct() -> tuple[Volume, Volume]:
     return make_ct()
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread, then restore the previous count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

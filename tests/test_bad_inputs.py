@@ -43,11 +43,8 @@ from medlsam.segment import ClassicSegmenter
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module runs with one torch thread (conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

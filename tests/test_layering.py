@@ -24,6 +24,7 @@ RANKS = {
     "boxes": 5,
     "png": 5,
     "preprocess": 6,
+    "checkpoint": 6,
     "medlam": 7,
     "matching": 8,
     "prototypes": 9,
@@ -117,4 +118,6 @@ def test_no_print_or_global_seeding_in_library_code(module, path):
             name = node.func.attr
             owner = ast.unparse(node.func.value)
             assert not (name == "manual_seed" and owner == "torch"), f"{module}: torch.manual_seed"
-            assert not (name == "seed" and owner in ("np.random", "random")), f"{module}: global seed"
+            assert not (name == "seed" and owner in ("np.random", "random")), (
+                f"{module}: global seed"
+            )

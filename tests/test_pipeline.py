@@ -7,7 +7,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from conftest import make_ct
 from infer_helpers import FakeLocalizer, make_cohort, tiny_sam
 
@@ -23,11 +22,8 @@ LPS_TRANSPOSED = ((2, 1, 0), (True, False, True))  # slice axis 0, flipped in-pl
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module runs with one torch thread (conftest.one_thread)."""
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -30,11 +30,8 @@ REQUESTS = {
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module runs with one torch thread (conftest.one_thread)."""
 
 
 def _requests() -> list[SliceRequest]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
+from medlsam.checkpoint import load_weights
 from medlsam.errors import CheckpointError
 from medlsam.fast_sam import accelerate_image_encoder
 from medlsam.io import Volume
@@ -77,25 +77,11 @@ def read_sam_state_dict(path: str | os.PathLike[str], what: str = "SAM") -> dict
         CheckpointError: missing, empty, truncated or corrupt file, or not a state dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: {what} checkpoint not found (weights are never downloaded; put the file "
-            "there or fix [weight] vit_load_path)"
-        )
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: {what} checkpoint is empty")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(
-            f"{path}: cannot read as a weights-only torch checkpoint ({first[:160]})"
-        ) from err
-    except Exception as err:  # torch raises many types on damaged files (IndexError, ...)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(
-            f"{path}: corrupt or truncated {what} checkpoint ({first[:160]})"
-        ) from err
+    obj = load_weights(
+        path,
+        what,
+        " (weights are never downloaded; put the file there or fix [weight] vit_load_path)",
+    )
     for key in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
