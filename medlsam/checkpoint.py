@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -47,3 +48,34 @@ def load_weights(path: str | os.PathLike[str], what: str, missing_hint: str = ""
         raise CheckpointError(
             f"{path}: corrupt or truncated {what} checkpoint ({_first_line(err)})"
         ) from err
+
+
+def describe(items: list[str], limit: int = 3) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are."""
+    return ", ".join(items[:limit]) + (
+        f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    )
+
+
+def fit_problems(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]
+) -> dict[str, str]:
+    """How a state dict differs from the expected keys and shapes.
+
+    Returns:
+        ``{"mis-shaped": ..., "missing keys": ..., "unexpected keys": ...}`` with only the
+        kinds that occur, each a short description; empty when the state dict fits exactly.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shaped = [
+        f"{k} {list(state[k].shape)} (expected {list(expected[k])})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    found = {
+        "mis-shaped": describe(shaped, 2) if shaped else "",
+        "missing keys": describe(missing) if missing else "",
+        "unexpected keys": describe(unexpected) if unexpected else "",
+    }
+    return {kind: text for kind, text in found.items() if text}

@@ -29,7 +29,7 @@ from typing import Any
 
 from medlsam.errors import ConfigError
 from medlsam.ini import SectionReader, parse_value, read_raw, suggest, write_config_txt
-from medlsam.io import read_path_list
+from medlsam.io import case_name, read_path_list
 
 __all__ = [
     "BoxMode",
@@ -39,6 +39,7 @@ __all__ = [
     "SEGMENTER_NAMES",
     "VitConfig",
     "WeightConfig",
+    "check_case_names",
     "check_config_files",
     "load_config",
     "parse_value",
@@ -345,3 +346,20 @@ def check_config_files(config: Config) -> None:
             f"; and {len(missing) - 20} more" if len(missing) > 20 else ""
         )
         raise ConfigError(f"{config.path}: {len(missing)} file(s) not found: {shown}")
+
+
+def check_case_names(config: Config) -> list[str]:
+    """The query case names (file names without extension), refusing names used twice.
+
+    Outputs are named after the case, so two queries with one name would overwrite each other.
+    """
+    cases = [case_name(p) for p in config.data.query_images]
+    seen: set[str] = set()
+    for name in cases:
+        if name in seen:
+            raise ConfigError(
+                f"{config.path}: query images share the case name {name!r}; their outputs "
+                "would overwrite each other"
+            )
+        seen.add(name)
+    return cases

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medlsam.checkpoint import load_weights
+from medlsam.checkpoint import describe, fit_problems, load_weights
 from medlsam.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -238,11 +238,6 @@ def weights_fingerprint(model: nn.Module) -> str:
     return "weights:" + digest.hexdigest()
 
 
-def _describe(keys: list[str], limit: int = 3) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
@@ -254,7 +249,7 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != len(obj):
         bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-        raise CheckpointError(f"{path}: entries that are not tensors: {_describe(bad)}")
+        raise CheckpointError(f"{path}: entries that are not tensors: {describe(bad)}")
     if all(k.startswith(PREFIX) for k in tensors):
         tensors = {k[len(PREFIX) :]: v for k, v in tensors.items()}
     return tensors
@@ -277,20 +272,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
 def _check_fit(
     state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], path: Path, b: int
 ) -> None:
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shaped = [
-        f"{k} {list(state[k].shape)} (expected {list(expected[k])})"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k])
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_describe(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_describe(unexpected)}")
-    if shaped:
-        problems.append(f"mis-shaped {_describe(shaped, 2)}")
+    found = fit_problems(state, expected)
+    order = ("missing keys", "unexpected keys", "mis-shaped")
+    problems = [f"{kind} {found[kind]}" for kind in order if kind in found]
     if problems:
         raise CheckpointError(
             f"{path}: does not fit MedLAM (base width {b}): " + "; ".join(problems)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,7 +51,7 @@ from medlsam.assemble import (
     prompt_table,
 )
 from medlsam.boxes import Box3D, OrganBoxes
-from medlsam.config import Config
+from medlsam.config import Config, check_case_names
 from medlsam.errors import ConfigError, InputError
 from medlsam.io import Volume, case_name, read_image, read_label, same_grid
 from medlsam.pipeline_loop import run_cases
@@ -301,13 +300,7 @@ def run(
     """
     data = cfg.data
     shard = shard or Shard()
-    cases = [case_name(p) for p in data.query_images]
-    repeated = [n for n, k in Counter(cases).items() if k > 1]
-    if repeated:
-        raise ConfigError(
-            f"{cfg.path}: query images share the case name {repeated[0]!r}; their outputs "
-            "would overwrite each other"
-        )
+    cases = check_case_names(cfg)
     if (boxes_from_labels or cfg.run.use_gt_slice_threshold) and data.query_labels is None:
         why = "--boxes-from-labels" if boxes_from_labels else "[run] use_gt_slice_threshold"
         raise ConfigError(f"{cfg.path}: {why} needs [data] query_label_ls (the query labels)")

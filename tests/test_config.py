@@ -305,3 +305,19 @@ def test_inline_comments_are_ignored(tmp_path):
     root = _tree(tmp_path)
     text = PUBLISHED.replace("bbox_mode             = SPL", "bbox_mode = SPL   # or WPL")
     assert load_config(_write(root, text)).data.bbox_mode is BoxMode.SPL
+
+
+def test_query_case_names_must_be_unique(tmp_path):
+    from medlsam.config import check_case_names
+
+    root = _tree(tmp_path, n_query=2)
+    cfg = load_config(_write(root, PUBLISHED))
+    assert check_case_names(cfg) == ["query_image_0", "query_image_1"]
+    (root / "other").mkdir()
+    (root / "other" / "query_image_0.nii.gz").write_bytes(b"x")
+    lst = root / "config/data/WORD/query_image.txt"
+    lst.write_text(lst.read_text() + "../../../other/query_image_0.nii.gz\n")
+    lab = root / "config/data/WORD/query_label.txt"
+    lab.write_text(lab.read_text() + "../../../img/query_label_0.nii.gz\n")
+    with pytest.raises(ConfigError, match="share the case name 'query_image_0'"):
+        check_case_names(load_config(_write(root, PUBLISHED)))

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import sys
-from collections import Counter
 from pathlib import Path
 
 from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
@@ -63,8 +62,8 @@ def _body(args: argparse.Namespace) -> int:
 
     from medlsam.box_eval import score_organ, summarize, write_reports
     from medlsam.boxes import boxes_json
-    from medlsam.config import load_config
-    from medlsam.io import atomic_write_text, case_name, read_image, read_label, same_grid
+    from medlsam.config import check_case_names, load_config
+    from medlsam.io import atomic_write_text, read_image, read_label, same_grid
     from medlsam.localize import Localizer
     from medlsam.medlam import build_medlam
 
@@ -72,13 +71,7 @@ def _body(args: argparse.Namespace) -> int:
     data = config.data
     if config.weight.medlam_load_path is None:
         raise ConfigError(f"{config.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
-    cases = [case_name(p) for p in data.query_images]
-    repeated = [name for name, n in Counter(cases).items() if n > 1]
-    if repeated:
-        raise ConfigError(
-            f"{config.path}: query images share the case name {repeated[0]!r}; their outputs "
-            "would overwrite each other"
-        )
+    cases = check_case_names(config)
     device = resolve_device(args.device or config.run.device)
     output = args.output or data.seg_save_path
     model = build_medlam(config.weight.medlam_load_path, device)
@@ -153,12 +146,16 @@ def _body(args: argparse.Namespace) -> int:
         from medlsam.box_eval import report_text
 
         iou_text, wd_text = report_text(summary, dict(data.class_names))
-        print(iou_text + "".join(line + "\n" for line in wd_text.splitlines() if line[0] != "#"),
-              end="")
+        print(
+            iou_text + "".join(line + "\n" for line in wd_text.splitlines() if line[0] != "#"),
+            end="",
+        )
     stats = localizer.stats
     logger.info(
         "%d forward passes, %d patches, %.1f s in the network",
-        stats["forward_passes"], stats["patches"], stats["forward_seconds"],
+        stats["forward_passes"],
+        stats["patches"],
+        stats["forward_seconds"],
     )
     if failures:
         print(f"{len(failures)} of {len(cases)} queries failed:", file=sys.stderr)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
-from medlsam.checkpoint import load_weights
+from medlsam.checkpoint import describe, fit_problems, load_weights
 from medlsam.errors import CheckpointError
 from medlsam.fast_sam import accelerate_image_encoder
 from medlsam.io import Volume
@@ -59,12 +59,6 @@ _PATCH_KEY = "image_encoder.patch_embed.proj.weight"
 
 # --------------------------------------------------------------------------------------------
 # checkpoints
-
-
-def _describe(items: list[str], limit: int = 3) -> str:
-    return ", ".join(items[:limit]) + (
-        f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    )
 
 
 def read_sam_state_dict(path: str | os.PathLike[str], what: str = "SAM") -> dict[str, torch.Tensor]:
@@ -90,7 +84,7 @@ def read_sam_state_dict(path: str | os.PathLike[str], what: str = "SAM") -> dict
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if len(state) != len(obj):
         bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-        raise CheckpointError(f"{path}: entries that are not tensors: {_describe(bad)}")
+        raise CheckpointError(f"{path}: entries that are not tensors: {describe(bad)}")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
@@ -103,22 +97,10 @@ def check_sam_state(
     label: str,
 ) -> None:
     """Raise :class:`CheckpointError` (one line) unless ``state`` fits ``expected`` exactly."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shaped = [
-        f"{k} {list(state[k].shape)} (expected {list(expected[k])})"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k])
-    ]
-    if not (missing or unexpected or shaped):
+    found = fit_problems(state, expected)
+    if not found:
         return
-    problems = []
-    if shaped:
-        problems.append(f"mis-shaped {_describe(shaped, 2)}")
-    if missing:
-        problems.append(f"missing keys {_describe(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_describe(unexpected)}")
+    problems = [f"{kind} {text}" for kind, text in found.items()]
     hint = ""
     if _PATCH_KEY in state and state[_PATCH_KEY].ndim == 4:
         width = int(state[_PATCH_KEY].shape[0])
