@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from medlsam import metrics
 from medlsam.boxes import Box3D, box_iou
 from medlsam.errors import InputError
 from medlsam.io import KNOWN_SUFFIXES, Volume, case_name, read_label
+from medlsam.run_files import SHARD_RECORD, read_record, record_files
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ OK = "ok"
 EMPTY_PREDICTION = "empty_prediction"
 FALSE_POSITIVE = "false_positive"
 ABSENT = "absent"
-_SHARD_RECORD = re.compile(r"^run\.shard-(\d+)-of-(\d+)\.json$")
 
 
 class PredictionError(InputError):
@@ -127,18 +126,12 @@ def inference_records(pred_dirs: Sequence[Path]) -> dict[str, dict]:
     for folder in pred_dirs:
         layouts: dict[int, set[int]] = {}
         merged = 0
-        for path in sorted(folder.glob("run*.json")):
-            match = _SHARD_RECORD.match(path.name)
-            if path.name != "run.json" and match is None:
+        for path in record_files(folder):
+            match = SHARD_RECORD.match(path.name)
+            doc = read_record(path)
+            if doc is None:
                 continue
-            try:
-                doc = json.loads(path.read_text(encoding="utf-8"))
-                cases = doc["cases"]
-                if not isinstance(cases, dict):
-                    raise TypeError("'cases' is not a mapping")
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                logger.warning("%s: run record not read (%s)", path, err)
-                continue
+            cases = doc["cases"]
             if match is not None:
                 layouts.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
             else:

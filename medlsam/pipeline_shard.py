@@ -42,11 +42,10 @@ from typing import Any
 from medlsam.errors import ConfigError, OutputError
 from medlsam.io import atomic_write_text
 from medlsam.pipeline_record import FORMAT, VERSION
+from medlsam.run_files import RECORD, read_record, record_files  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-RECORD = "run.json"
-_SHARD_RECORD = re.compile(r"^run\.shard-(\d+)-of-(\d+)\.json$")
 #: Seconds a finished rank waits at the final gather for the others (default 2 days).
 DIST_TIMEOUT_S = 2 * 24 * 3600
 
@@ -86,27 +85,6 @@ def parse_shard(text: str) -> Shard:
 
 # --------------------------------------------------------------------------------------------
 # records of one folder
-
-
-def record_files(folder: Path) -> list[Path]:
-    """``run.json`` and every ``run.shard-K-of-N.json`` in ``folder``, sorted."""
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.name == RECORD or _SHARD_RECORD.match(p.name)]
-    return sorted(found, key=lambda p: (p.name != RECORD, p.name))
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """A run record as a dict, or None (with a warning) when it cannot be read."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        logger.warning("%s: unreadable run record ignored (%s)", path, err)
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("cases"), dict):
-        logger.warning("%s: not a medlsam run record; ignored", path)
-        return None
-    return doc
 
 
 def _changed(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ RANKS = {
     "config": 4,
     "boxes": 5,
     "png": 5,
+    "run_files": 5,
     "preprocess": 6,
     "checkpoint": 6,
     "medlam": 7,
