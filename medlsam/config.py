@@ -86,6 +86,7 @@ class DataConfig:
     bbox_mode: BoxMode
     slice_interval: int | None
     feature_scale_ls: tuple[str, ...]
+    rdr_steps: int
     gt_slice_threshold: int | None
     seg_save_path: Path
     seg_png_save_path: Path | None
@@ -152,6 +153,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "bbox_mode": False,
         "slice_interval": False,
         "feature_scale_ls": False,
+        "rdr_steps": False,
         "seg_save_path": False,
         "seg_png_save_path": False,
         "prototypes": False,
@@ -301,6 +303,7 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
             bbox_mode=BoxMode(mode),
             slice_interval=interval,
             feature_scale_ls=tuple(scales),
+            rdr_steps=reader.int_value("data", "rdr_steps", 1, minimum=1) or 1,
             gt_slice_threshold=reader.int_value("data", "gt_slice_threshold", None),
             seg_save_path=seg_save,
             seg_png_save_path=reader.path_value("data", "seg_png_save_path"),

@@ -105,6 +105,7 @@ def settings(
             bbox_mode=data.bbox_mode.value,
             slice_interval=data.slice_interval,
             feature_scale_ls=list(data.feature_scale_ls),
+            rdr_steps=data.rdr_steps,
             localizer_sha256=localizer_sha,
             support_images=[str(p) for p in data.support_images],
         )

@@ -99,6 +99,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
         slice_interval=cfg.data.slice_interval,
         feature_scales=cfg.data.feature_scale_ls,
         seed=cfg.run.seed,
+        rdr_steps=cfg.data.rdr_steps,
     )
 
 

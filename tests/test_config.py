@@ -96,6 +96,7 @@ def test_published_config_loads_unchanged(tmp_path):
     assert cfg.weight.medlam_load_path == root / "checkpoint" / "medlam.pth"
     assert cfg.name == "word_medlam_medsam"
     assert cfg.run.use_gt_slice_threshold is False
+    assert cfg.data.rdr_steps == 1  # one relative-distance step, as published
     sam = PUBLISHED.replace("medsam_vit_b.pth", "sam_vit_b_01ec64.pth")
     (root / "sam.txt").write_text(
         sam.replace("bbox_mode             = SPL", "bbox_mode = WPL").replace(
@@ -160,6 +161,7 @@ def _write(root: Path, text: str) -> Path:
             "positive integer when bbox_mode = SPL",
         ),
         (("feature_scale_ls", "x"), None),
+        (("bbox_mode             = SPL", "bbox_mode = SPL\nrdr_steps = 0"), "rdr_steps = 0"),
     ],
 )
 def test_errors_name_file_key_and_expectation(tmp_path, edit, match):
@@ -173,6 +175,14 @@ def test_errors_name_file_key_and_expectation(tmp_path, edit, match):
         load_config(path)
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_rdr_steps_key(tmp_path):
+    root = _tree(tmp_path)
+    path = _write(
+        root, PUBLISHED.replace("bbox_mode             = SPL", "bbox_mode = SPL\nrdr_steps = 3")
+    )
+    assert load_config(path).data.rdr_steps == 3
 
 
 def test_all_missing_files_reported_together(tmp_path):

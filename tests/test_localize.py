@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from medlsam.matching import AIR_THRESHOLD, correlate, crop_patches, initial_cen
 from medlsam.medlam import MedLAM
 from medlsam.preprocess import medlam_image, medlam_label
 from medlsam.prototypes import (
+    ClassPrototype,
     Prototypes,
     bounding_box,
     extreme_points,
@@ -54,8 +56,13 @@ def fitted():
 
 def clone(loc: Localizer, **changes) -> Localizer:
     args = dict(
-        model=loc.model, device="cpu", mode=loc.mode, slice_interval=loc.slice_interval,
-        feature_scales=loc.feature_scales, seed=loc.seed, interpolation=loc.interpolation,
+        model=loc.model,
+        device="cpu",
+        mode=loc.mode,
+        slice_interval=loc.slice_interval,
+        feature_scales=loc.feature_scales,
+        seed=loc.seed,
+        interpolation=loc.interpolation,
         batch_size=loc.batch_size,
     )
     args.update(changes)
@@ -70,8 +77,16 @@ def clone(loc: Localizer, **changes) -> Localizer:
 
 def test_extreme_points_hand_made():
     mask = np.zeros((5, 6, 7), np.uint8)
-    voxels = [(1, 2, 3), (1, 2, 4), (1, 3, 3), (2, 1, 2), (2, 2, 2), (2, 2, 3), (2, 4, 5),
-              (3, 3, 4)]
+    voxels = [
+        (1, 2, 3),
+        (1, 2, 4),
+        (1, 3, 3),
+        (2, 1, 2),
+        (2, 2, 2),
+        (2, 2, 3),
+        (2, 4, 5),
+        (3, 3, 4),
+    ]
     for p in voxels:
         mask[p] = 1
     # min-z slice z=1 in (y, x) raster order: (2,3) (2,4) (3,3) -> middle (2,4)
@@ -101,8 +116,18 @@ def _diagonal(gap: tuple[int, ...] = ()) -> np.ndarray:
 def test_split_points_hand_made():
     # z 2..10, step (10-2)//2 = 4: part 0 slab [2, 6) forced to z 2..6, part 1 [6, 10) -> 6..10
     expected = [
-        [2, 2, 18], [2, 2, 18], [5, 5, 15], [6, 6, 14], [5, 5, 15], [2, 2, 18],
-        [6, 6, 14], [6, 6, 14], [9, 9, 11], [10, 10, 10], [9, 9, 11], [6, 6, 14],
+        [2, 2, 18],
+        [2, 2, 18],
+        [5, 5, 15],
+        [6, 6, 14],
+        [5, 5, 15],
+        [2, 2, 18],
+        [6, 6, 14],
+        [6, 6, 14],
+        [9, 9, 11],
+        [10, 10, 10],
+        [9, 9, 11],
+        [6, 6, 14],
     ]
     assert split_points(_diagonal(), 2).tolist() == expected
 
@@ -112,8 +137,14 @@ def test_split_points_search_next_slice_of_whole_organ():
     # part 0's top (z=6) is empty: the in-plane position comes from z=7, the z stays 6
     assert points[3].tolist() == [6, 7, 13]
     # part 1 slab lacks z=6: its box is y 7..9, x 11..13
-    assert points[6:12].tolist() == [[6, 7, 13], [7, 7, 13], [9, 9, 11],
-                                     [10, 10, 10], [9, 9, 11], [7, 7, 13]]
+    assert points[6:12].tolist() == [
+        [6, 7, 13],
+        [7, 7, 13],
+        [9, 9, 11],
+        [10, 10, 10],
+        [9, 9, 11],
+        [7, 7, 13],
+    ]
 
 
 def test_split_points_empty_slab_reuses_previous_box():
@@ -127,8 +158,14 @@ def test_split_points_empty_slab_reuses_previous_box():
 
 @pytest.mark.parametrize(
     "extent, interval, mode, expected",
-    [(8, 2, "SPL", 4), (20, 2, "SPL", 6), (2, 2, "SPL", 0), (3, 2, "SPL", 1),
-     (8, 2, "WPL", 0), (8, None, "SPL", 0)],
+    [
+        (8, 2, "SPL", 4),
+        (20, 2, "SPL", 6),
+        (2, 2, "SPL", 0),
+        (3, 2, "SPL", 1),
+        (8, 2, "WPL", 0),
+        (8, None, "SPL", 0),
+    ],
 )
 def test_split_count(extent, interval, mode, expected):
     assert split_count(extent, interval, BoxMode(mode)) == expected
@@ -309,8 +346,9 @@ def test_tiny_and_air_queries_terminate(fitted):
 def test_organ_absent_from_one_support_uses_the_others(fitted, caplog):
     loc, image, label = fitted
     other, other_label = make_ct(seed=3)
-    no_two = Volume(np.where(other_label.data == 2, 0, other_label.data), other_label.affine,
-                    other_label.path)
+    no_two = Volume(
+        np.where(other_label.data == 2, 0, other_label.data), other_label.affine, other_label.path
+    )
     other = Volume(other.data, other.affine, other.path)
     both = clone(loc)
     with caplog.at_level(logging.WARNING):
@@ -395,3 +433,62 @@ def test_coinciding_patch_centres_run_once_with_the_same_features(fitted):
     for scale in loc.feature_scales:
         torch.testing.assert_close(feats[scale][4], alone[scale][0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(feats[scale][0], feats[scale][3])
+
+
+# --------------------------------------------------------------------------------------------
+# iterated relative-distance steps (rdr_steps)
+
+
+class _HalfwayModel(nn.Module):
+    """Reads a patch's z position from its centre voxel (the volume is a z ramp) and codes it so
+    that one relative-distance step covers half the remaining distance along z."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, fc=True, features=()):
+        z_mm = (x[:, 0, 32, 32, 32].double() - 0.1) / 0.005 * 3.0
+        code = torch.zeros(len(x), 3, dtype=torch.float64)
+        code[:, 0] = 0.5 * z_mm / 1500.0
+        return {"fc_position": code.float()}
+
+
+def _ramp_localizer(steps: int, target_z: int) -> tuple[Localizer, SimpleNamespace]:
+    volume = (0.1 + 0.005 * np.arange(100))[:, None, None] * np.ones((1, 20, 20))
+    loc = Localizer(_HalfwayModel(), "cpu", feature_scales=(), seed=3, rdr_steps=steps)
+    code = np.zeros((6, 3), np.float32)
+    code[:, 0] = 0.5 * target_z * 3.0 / 1500.0
+    loc.prototypes = Prototypes(
+        classes={1: ClassPrototype(torch.from_numpy(code), {}, 1, ("s",))},
+        mode=BoxMode.WPL,
+        slice_interval=None,
+        feature_scales=(),
+        checkpoint_sha256="test",
+        base_chns=0,
+    )
+    return loc, SimpleNamespace(array=volume.astype(np.float32))
+
+
+def test_more_rdr_steps_converge_on_the_target():
+    errors = {}
+    for steps in (1, 2, 6):
+        loc, grid = _ramp_localizer(steps, target_z=85)
+        points, inside = loc.locate(grid)[1]
+        assert inside
+        errors[steps] = np.abs(points[0, :, 0] - 85).max()
+        # the initial 10 patches plus one fc pass per later step (6 equal points share one)
+        assert loc.stats["patches"] <= 10 + (steps - 1)
+    # the start is the middle (z ~ 50): each step halves the remaining 35 voxels
+    assert errors[1] >= 15 and errors[2] >= 7 and errors[6] <= 2
+
+
+def test_rdr_steps_stop_once_no_point_moves():
+    loc, grid = _ramp_localizer(50, target_z=60)
+    loc.locate(grid)
+    assert loc.stats["patches"] < 10 + 49
+
+
+def test_rdr_steps_must_be_positive():
+    with pytest.raises(ValueError, match="rdr_steps"):
+        Localizer(_HalfwayModel(), "cpu", rdr_steps=0)

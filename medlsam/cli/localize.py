@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
-from medlsam.errors import ConfigError, InputError, MedlsamError
+from medlsam.errors import InputError, MedlsamError
 
 logger = logging.getLogger("medlsam.localize")
 
@@ -46,17 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without CUDA is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available on this machine (use cpu or auto)")
-    return name
-
-
 def _body(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -64,43 +53,20 @@ def _body(args: argparse.Namespace) -> int:
     from medlsam.boxes import boxes_json
     from medlsam.config import check_case_names, load_config
     from medlsam.io import atomic_write_text, read_image, read_label, same_grid
-    from medlsam.localize import Localizer
-    from medlsam.medlam import build_medlam
+    from medlsam.pipeline_setup import (
+        build_localizer,
+        prepare_localizer,
+        resolve_device,
+        supports_loader,
+    )
 
     config = load_config(args.config)
     data = config.data
-    if config.weight.medlam_load_path is None:
-        raise ConfigError(f"{config.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
     cases = check_case_names(config)
     device = resolve_device(args.device or config.run.device)
     output = args.output or data.seg_save_path
-    model = build_medlam(config.weight.medlam_load_path, device)
-    localizer = Localizer(
-        model,
-        device,
-        mode=data.bbox_mode,
-        slice_interval=data.slice_interval,
-        feature_scales=data.feature_scale_ls,
-        seed=config.run.seed,
-    )
-    if data.prototypes is not None and data.prototypes.is_file():
-        localizer.load_prototypes(data.prototypes, data.fg_class)
-        logger.info("prototypes read from %s", data.prototypes)
-    else:
-        if not data.support_images:
-            raise ConfigError(
-                f"{config.path}: [data] prototypes {data.prototypes} does not exist and no "
-                "support scans are given to compute it"
-            )
-        supports = [
-            (read_image(img), read_label(lab))
-            for img, lab in zip(data.support_images, data.support_labels, strict=True)
-        ]
-        localizer.fit(supports, data.fg_class)
-        del supports
-        if data.prototypes is not None:
-            localizer.save_prototypes(data.prototypes)
-            logger.info("prototypes saved to %s", data.prototypes)
+    localizer = build_localizer(config, device)
+    prepare_localizer(localizer, config, supports_loader(config))
 
     labels = data.query_labels
     scores, failures = [], []
