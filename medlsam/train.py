@@ -128,7 +128,14 @@ class Trainer:
             if self.config.valid_images
             else self.volumes
         )
-        self.valid = fixed_pairs(valid_volumes, self.config.random_seed, self.config.valid_pairs)
+        cfg = self.config
+        self.valid = fixed_pairs(
+            valid_volumes,
+            cfg.random_seed,
+            cfg.valid_pairs,
+            cfg.near_pair_fraction,
+            cfg.near_pair_mm,
+        )
 
     def _load(self, path: Path, cache: Path) -> np.ndarray:
         array = load_volume(path, cache, self.config.interpolation)
@@ -172,7 +179,13 @@ class Trainer:
     def draw_batch(self) -> dict[str, torch.Tensor]:
         use_aug = bool(self.config.mss_scales) and self.config.mss_weight > 0
         return sample_batch(
-            self.volumes, self.rng, self.config.batch_size, self.augment, with_aug=use_aug
+            self.volumes,
+            self.rng,
+            self.config.batch_size,
+            self.augment,
+            with_aug=use_aug,
+            near_fraction=self.config.near_pair_fraction,
+            near_mm=self.config.near_pair_mm,
         )
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -32,7 +32,9 @@ Keys added by medlsam (all optional): ``[data] cache_dir`` (default
 ``mss_weight`` (1.0), ``mss_scales`` (``[feature0, feature1, feature2]``, ``[]`` = RDR only),
 ``mss_anchors`` (20), ``lr_step_epochs`` (10), ``lr_gamma`` (0.8), ``save_every``
 (``iter_num``), ``freeze_first_stage`` (False: train ``conv0_1``/``conv0_2`` too; True keeps
-them at their initial weights, ~5x faster on a CPU).
+them at their initial weights, ~5x faster on a CPU); ``[data] near_pair_fraction`` (0: every
+pair's centres independent, as published) and ``near_pair_mm`` (60): that share of training and
+validation pairs has its second centre within ``near_pair_mm`` of the first on every axis.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class TrainConfig:
     lr_gamma: float = 0.8
     save_every: int = 1000
     freeze_first_stage: bool = False
+    near_pair_fraction: float = 0.0
+    near_pair_mm: float = 60.0
 
 
 # section -> key -> required
@@ -95,6 +99,8 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "valid_pairs": False,
         "interpolation": False,
         "augment": False,
+        "near_pair_fraction": False,
+        "near_pair_mm": False,
     },
     "network": {
         "net_type": False,
@@ -222,6 +228,10 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
     if drop >= 1:
         raise r.fail("network", "drop_rate", drop, "a number in [0, 1)")
     cache = r.path_value("data", "cache_dir")
+    near_fraction = r.number("data", "near_pair_fraction", 0.0)
+    if not 0.0 <= near_fraction <= 1.0:
+        raise r.fail("data", "near_pair_fraction", near_fraction, "a number in [0, 1]")
+    near_mm = r.number("data", "near_pair_mm", 60.0, strict=True)
     return TrainConfig(
         path=path,
         train_images=r.images("train_image_list"),
@@ -252,4 +262,6 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
         lr_gamma=r.number("training", "lr_gamma", 0.8, strict=True),
         save_every=r.integer("training", "save_every", iter_num),
         freeze_first_stage=r.boolean("training", "freeze_first_stage", False),
+        near_pair_fraction=near_fraction,
+        near_pair_mm=near_mm,
     )

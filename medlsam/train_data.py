@@ -15,6 +15,11 @@ Published procedure kept: centres uniform over the volume, re-drawn (up to 20 ti
 air; an 80^3 working crop (zero outside the volume); augmented copies centre-cropped to 64^3;
 un-augmented copies cropped at a random offset in ``[0, 16]^3``. Fixed: each patch draws its
 own offset (the published code draws two and uses the first for both, method.md 10.2 item 5).
+
+Near pairs (``near_fraction``, off by default as published): that share of pairs draws its
+second centre within ``near_mm`` of the first on every axis (the published sampler's disabled
+"small move" option, there +-60 mm). Far pairs teach the whole-body layout; near pairs the
+millimetre-level displacement that decides where an iterated relative-distance step ends.
 """
 
 from __future__ import annotations
@@ -200,6 +205,30 @@ def draw_centre(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return centre
 
 
+def draw_near(
+    volume: np.ndarray, rng: np.random.Generator, centre: np.ndarray, near_mm: float
+) -> np.ndarray:
+    """A voxel within ``near_mm`` of ``centre`` on every axis (inside the volume), re-drawn up
+    to 20 times while it is air."""
+    reach = max(1, int(round(near_mm / MEDLAM_SPACING)))
+    top = np.array(volume.shape) - 1
+    for _ in range(CENTRE_TRIES):
+        near = np.clip(centre + rng.integers(-reach, reach + 1, 3), 0, top)
+        if volume[tuple(near)] >= AIR_THRESHOLD:
+            break
+    return near
+
+
+def draw_pair(
+    volume: np.ndarray, rng: np.random.Generator, near_fraction: float, near_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two patch centres: independent, or (with probability ``near_fraction``) a near pair."""
+    first = draw_centre(volume, rng)
+    if near_fraction > 0 and rng.random() < near_fraction:
+        return first, draw_near(volume, rng, first, near_mm)
+    return first, draw_centre(volume, rng)
+
+
 def _grid_mm(corner: np.ndarray, size: int, coords: np.ndarray | None = None) -> np.ndarray:
     """Positions ``(3, size, size, size)`` in mm of a crop at ``corner`` (optionally warped)."""
     if coords is None:
@@ -211,16 +240,22 @@ def _grid_mm(corner: np.ndarray, size: int, coords: np.ndarray | None = None) ->
 
 
 def sample_patch(
-    volume: np.ndarray, rng: np.random.Generator, aug: Augment, augmented: bool = True
+    volume: np.ndarray,
+    rng: np.random.Generator,
+    aug: Augment,
+    augmented: bool = True,
+    centre: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """One patch in two copies around a random centre (see the module docstring).
+    """One patch in two copies around ``centre`` (default: a random one; see the module
+    docstring).
 
     Returns:
         ``ori``, ``aug``: ``(64, 64, 64)`` float32; ``ori_pos``, ``aug_pos``: ``(3, 64, 64, 64)``
         float32 mm; ``ori_centre``: ``(3,)`` float32 mm, the position of voxel (32, 32, 32).
         With ``augmented=False`` only the ``ori*`` entries (no augmentation is drawn).
     """
-    centre = draw_centre(volume, rng)
+    if centre is None:
+        centre = draw_centre(volume, rng)
     corner = centre - WORK // 2
     work = crop(volume, corner, WORK)
     # un-augmented copy: its own random offset in [0, 16]^3 inside the working crop
@@ -263,17 +298,21 @@ def sample_batch(
     batch_size: int,
     aug: Augment,
     with_aug: bool = True,
+    near_fraction: float = 0.0,
+    near_mm: float = 60.0,
 ) -> dict[str, torch.Tensor]:
     """A batch of pairs, each from one random volume.
 
     Returns tensors (CPU): ``ori0/ori1/aug0/aug1`` ``(B, 1, 64, 64, 64)``, ``ori_pos0/1`` and
     ``aug_pos0/1`` ``(B, 3, 64, 64, 64)`` mm, ``distance`` ``(B, 3)`` mm = centre0 - centre1
-    (un-augmented copies). ``with_aug=False`` leaves out the augmented copies and positions.
+    (un-augmented copies). ``with_aug=False`` leaves out the augmented copies and positions;
+    ``near_fraction`` of the pairs are near pairs (module docstring).
     """
     items: dict[str, list[np.ndarray]] = {}
     for _ in range(batch_size):
         volume = volumes[int(rng.integers(len(volumes)))]
-        pair = [sample_patch(volume, rng, aug, with_aug) for _ in range(2)]
+        centres = draw_pair(volume, rng, near_fraction, near_mm)
+        pair = [sample_patch(volume, rng, aug, with_aug, c) for c in centres]
         for p, patch in enumerate(pair):
             for key, value in patch.items():
                 items.setdefault(f"{key}{p}", []).append(value)
@@ -286,14 +325,19 @@ def sample_batch(
 
 
 def fixed_pairs(
-    volumes: Sequence[np.ndarray], seed: int, n: int
+    volumes: Sequence[np.ndarray],
+    seed: int,
+    n: int,
+    near_fraction: float = 0.0,
+    near_mm: float = 60.0,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``n`` validation pairs (no augmentation, no crop offset): ``(patch0, patch1, mm)``."""
+    """``n`` validation pairs (no augmentation, no crop offset): ``(patch0, patch1, mm)``,
+    ``near_fraction`` of them near pairs."""
     rng = np.random.default_rng([seed, 7])
     pairs = []
     for _ in range(n):
         volume = volumes[int(rng.integers(len(volumes)))]
-        centres = [draw_centre(volume, rng) for _ in range(2)]
+        centres = draw_pair(volume, rng, near_fraction, near_mm)
         patches = [crop(volume, c - PATCH // 2, PATCH) for c in centres]
         pairs.append(
             (

@@ -15,7 +15,7 @@ from medlsam.io import Volume
 from medlsam.losses import mss_loss, rdr_loss
 from medlsam.medlam import build_medlam
 from medlsam.train import Trainer, load_train_config
-from medlsam.train_data import Augment, load_volume, sample_batch, sample_patch
+from medlsam.train_data import Augment, fixed_pairs, load_volume, sample_batch, sample_patch
 
 PUBLISHED = """[data]
 train_image_list = {lst}
@@ -249,3 +249,28 @@ def test_cli_reports_config_errors_on_one_line(tmp_path: Path, capsys) -> None:
     assert main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "train_image_list is required" in err and "Traceback" not in err
+
+
+def test_near_pairs_stay_within_reach_and_far_pairs_do_not() -> None:
+    volume = np.full((120, 60, 60), 0.5, np.float32)
+    near = sample_batch([volume], np.random.default_rng(0), 16, Augment.none(), False, 1.0, 30.0)
+    # centres within 30 mm, plus each copy's own crop offset of at most 8 voxels (24 mm)
+    assert near["distance"].abs().max() <= 30.0 + 2 * 24.0
+    far = sample_batch([volume], np.random.default_rng(0), 16, Augment.none(), False, 0.0)
+    assert far["distance"].abs().max() > 30.0 + 2 * 24.0
+    pairs = fixed_pairs([volume], 1, 8, near_fraction=1.0, near_mm=15.0)
+    assert all(np.abs(mm).max() <= 15.0 for _, _, mm in pairs)
+
+
+def test_near_pair_keys_load(tiny_config: Path, tmp_path: Path) -> None:
+    text = tiny_config.read_text().replace(
+        "[data]", "[data]\nnear_pair_fraction = 0.5\nnear_pair_mm = 45", 1
+    )
+    good = tiny_config.parent / "near.txt"
+    good.write_text(text)
+    cfg = load_train_config(good)
+    assert cfg.near_pair_fraction == 0.5 and cfg.near_pair_mm == 45.0
+    bad = tiny_config.parent / "near_bad.txt"
+    bad.write_text(text.replace("near_pair_fraction = 0.5", "near_pair_fraction = 2"))
+    with pytest.raises(ConfigError, match="near_pair_fraction = 2"):
+        load_train_config(bad)
