@@ -136,10 +136,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def report_text(summary: dict[int, dict], names: dict[int, str] | None = None) -> tuple[str, str]:
     """The published ``iou`` and ``wd`` text files, plus ``#`` lines with the case counts."""
-    iou = [f"MedSAM IOU for class {c}: {e['iou_mean']:.3f} +- {e['iou_std']:.3f}" for c, e in
-           summary.items()]
-    wd = [f"MedSAM WD for class {c}: {e['wd_mean']:.3f} +- {e['wd_std']:.3f}" for c, e in
-          summary.items()]
+    iou = [
+        f"MedSAM IOU for class {c}: {e['iou_mean']:.3f} +- {e['iou_std']:.3f}"
+        for c, e in summary.items()
+    ]
+    wd = [
+        f"MedSAM WD for class {c}: {e['wd_mean']:.3f} +- {e['wd_std']:.3f}"
+        for c, e in summary.items()
+    ]
     counts = [
         f"# class {c}{' (' + names[c] + ')' if names and c in names else ''}: {e['cases']} cases, "
         f"{e['scored']} scored, {e['missed']} missed (predicted outside), {e['absent']} absent "
@@ -150,25 +154,65 @@ def report_text(summary: dict[int, dict], names: dict[int, str] | None = None) -
 
 
 def write_reports(
-    folder: Path, scores: Sequence[BoxScore], summary: dict[int, dict],
+    folder: Path,
+    scores: Sequence[BoxScore],
+    summary: dict[int, dict],
     names: dict[int, str] | None = None,
 ) -> list[Path]:
     """Write ``iou.txt``, ``wd.txt``, ``box_metrics.csv`` and ``box_metrics.json`` in ``folder``."""
     iou_text, wd_text = report_text(summary, names)
-    written = [atomic_write_text(folder / "iou.txt", iou_text),
-               atomic_write_text(folder / "wd.txt", wd_text)]
+    written = [
+        atomic_write_text(folder / "iou.txt", iou_text),
+        atomic_write_text(folder / "wd.txt", wd_text),
+    ]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["case", "class", "box", "status", "iou", "wd_mm", "pred_min", "pred_max",
-                     "gt_min", "gt_max"])
+    writer.writerow(
+        [
+            "case",
+            "class",
+            "box",
+            "status",
+            "iou",
+            "wd_mm",
+            "pred_min",
+            "pred_max",
+            "gt_min",
+            "gt_max",
+        ]
+    )
     for s in scores:
         pred = s.pred_box or [None, None]
         gt = s.gt_box or [None, None]
-        writer.writerow([s.case, s.class_id, "all", s.status, _num(s.iou), _num(s.wd_mm),
-                         _ijk(pred[0]), _ijk(pred[1]), _ijk(gt[0]), _ijk(gt[1])])
+        writer.writerow(
+            [
+                s.case,
+                s.class_id,
+                "all",
+                s.status,
+                _num(s.iou),
+                _num(s.wd_mm),
+                _ijk(pred[0]),
+                _ijk(pred[1]),
+                _ijk(gt[0]),
+                _ijk(gt[1]),
+            ]
+        )
         for sub in s.sub_boxes:
-            writer.writerow([s.case, s.class_id, sub["index"], s.status, _num(sub["iou"]),
-                             _num(sub["wd_mm"]), _ijk(sub["box"][0]), _ijk(sub["box"][1]), "", ""])
+            writer.writerow(
+                [
+                    s.case,
+                    s.class_id,
+                    sub["index"],
+                    s.status,
+                    _num(sub["iou"]),
+                    _num(sub["wd_mm"]),
+                    _ijk(sub["box"][0]),
+                    _ijk(sub["box"][1]),
+                    "",
+                    "",
+                ]
+            )
     written.append(atomic_write_text(folder / "box_metrics.csv", buffer.getvalue()))
     doc = {
         "definitions": __doc__,
