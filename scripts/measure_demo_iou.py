@@ -8,7 +8,8 @@ Two cohorts, both unseen in training (the demo checkpoint was trained on phantom
   (spleen, kidneys, gallbladder, liver, stomach, pancreas, bladder, aorta); supports and
   queries are different deformations of the same scan.
 
-Localization: WPL, no MSS refinement (the demo checkpoint is trained for RDR only), seed 2023.
+Localization: WPL, no MSS refinement (the demo checkpoint is trained for RDR only), the demo's
+relative-distance steps (``--rdr-steps``, default 3), seed 2023.
 IoU as in :mod:`medlsam.box_eval` (voxel-counted boxes; an organ predicted outside scores 0).
 
 Usage (from the repository root)::
@@ -54,7 +55,7 @@ def cohort_lists(folder: Path, make) -> tuple[list, list, list[int]]:
     return supports, queries, list(data.fg_class)
 
 
-def localize_cohort(lists, checkpoint: Path, scales: tuple[str, ...]) -> list:
+def localize_cohort(lists, checkpoint: Path, scales: tuple[str, ...], rdr_steps: int) -> list:
     from medlsam.box_eval import score_organ
     from medlsam.io import case_name, read_image, read_label
     from medlsam.localize import Localizer
@@ -62,7 +63,7 @@ def localize_cohort(lists, checkpoint: Path, scales: tuple[str, ...]) -> list:
 
     supports, queries, classes = lists
     model = build_medlam(checkpoint, "cpu")
-    loc = Localizer(model, "cpu", feature_scales=scales, seed=2023)
+    loc = Localizer(model, "cpu", feature_scales=scales, seed=2023, rdr_steps=rdr_steps)
     loc.fit([(read_image(i), read_label(lab)) for i, lab in supports], classes)
     scores = []
     for image_path, label_path in queries:
@@ -70,8 +71,13 @@ def localize_cohort(lists, checkpoint: Path, scales: tuple[str, ...]) -> list:
         boxes = loc.predict(image)
         for c in classes:
             scores.append(
-                score_organ(case_name(image_path), boxes[c], label.data == c, image.spacing,
-                            image.slice_axis())
+                score_organ(
+                    case_name(image_path),
+                    boxes[c],
+                    label.data == c,
+                    image.spacing,
+                    image.slice_axis(),
+                )
             )
     return scores
 
@@ -107,11 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scales", default="", help="MSS scales, e.g. feature0,feature1 (default none)"
     )
+    parser.add_argument(
+        "--rdr-steps", type=int, default=None, help="relative-distance steps (default: the demo's)"
+    )
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--cohorts-only", action="store_true", help="only write the cohorts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from medlsam.cli.demo import DEMO_RDR_STEPS
     from medlsam.synth import ORGAN_NAMES, make_cohort, make_cohort_from
+
+    steps = args.rdr_steps or DEMO_RDR_STEPS
 
     scales = tuple(s for s in args.scales.split(",") if s)
     began = time.perf_counter()
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text, mean = table(
         "Synthetic phantoms (seed 7, 5 supports, 12 queries)",
-        localize_cohort(synth, args.checkpoint, scales),
+        localize_cohort(synth, args.checkpoint, scales, steps),
         dict(ORGAN_NAMES),
     )
     report = [text]
@@ -145,14 +157,16 @@ def main(argv: list[str] | None = None) -> int:
             real = cohort_lists(real_folder, make_real)
             text, _ = table(
                 "Real CT, deformed copies (seed 11, 5 supports, 10 queries)",
-                localize_cohort(real, args.checkpoint, scales),
+                localize_cohort(real, args.checkpoint, scales, steps),
                 REAL_CLASSES,
             )
             report.append(text)
             print("\n" + text, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "iou.md").write_text("\n\n".join(report) + "\n")
-    print(f"\n{time.perf_counter() - began:.0f} s; written {args.out / 'iou.md'}")
+    print(
+        f"\nrdr_steps {steps}; {time.perf_counter() - began:.0f} s; written {args.out / 'iou.md'}"
+    )
     return 0 if mean >= 0.5 else 1
 
 

@@ -31,6 +31,8 @@ DEMO_SUPPORTS = 5
 DEMO_SEED = 2024
 #: MSS scales of the demo (none: the demo checkpoint is trained for RDR only).
 DEMO_SCALES: tuple[str, ...] = ()
+#: Relative-distance steps of the demo (the published code takes one; see Localizer).
+DEMO_RDR_STEPS = 3
 
 
 def demo_checkpoint() -> Path:
@@ -105,6 +107,7 @@ def write_demo_config(
             "bbox_mode": "WPL",
             "slice_interval": False,
             "feature_scale_ls": list(DEMO_SCALES) or False,
+            "rdr_steps": DEMO_RDR_STEPS,
             "seg_save_path": rel(out / "seg"),
             "seg_png_save_path": rel(out / "png"),
         },
