@@ -87,6 +87,7 @@ class DataConfig:
     slice_interval: int | None
     feature_scale_ls: tuple[str, ...]
     rdr_steps: int
+    mss_share_mm: float
     gt_slice_threshold: int | None
     seg_save_path: Path
     seg_png_save_path: Path | None
@@ -154,6 +155,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "slice_interval": False,
         "feature_scale_ls": False,
         "rdr_steps": False,
+        "mss_share_mm": False,
         "seg_save_path": False,
         "seg_png_save_path": False,
         "prototypes": False,
@@ -304,6 +306,7 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
             slice_interval=interval,
             feature_scale_ls=tuple(scales),
             rdr_steps=reader.int_value("data", "rdr_steps", 1, minimum=1) or 1,
+            mss_share_mm=reader.number("data", "mss_share_mm", 0.0),
             gt_slice_threshold=reader.int_value("data", "gt_slice_threshold", None),
             seg_save_path=seg_save,
             seg_png_save_path=reader.path_value("data", "seg_png_save_path"),

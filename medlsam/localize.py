@@ -22,6 +22,13 @@ patch centre, then one MSS refinement within a 64^3 window (coordinates clamped 
   0.23 with one step, 0.32 with three). Each step costs one fc-only forward pass per distinct
   point; the search stops early once no point moves;
 
+* ``mss_share_mm`` (default 0: one MSS patch per distinct point, as published) is an explicit
+  fast mode that changes results: points are snapped to a grid of that pitch and all points of
+  one grid cell share one 64^3 search patch centred on the cell's grid point, so each point's
+  search window is off-centre by up to half the pitch (and the patch's instance-norm statistics
+  are the shared patch's). SPL points crowd around each organ, so a 24 mm grid cuts the
+  refinement patches several-fold; scripts/measure_demo_iou.py and scripts/benchmark.py show
+  what it costs and saves;
 * each query gets its own random generator seeded with ``seed`` (the published code seeds once,
   so a query's boxes depended on the queries before it);
 * the initial draws always terminate: after 100 air draws for one patch (or at once when the
@@ -91,6 +98,7 @@ class Localizer:
         batch_size: patches per forward pass (default 4 on CPU, 16 on CUDA).
         interpolation: image resampling to 3 mm, ``"spline"`` (published) or ``"linear"``.
         rdr_steps: relative-distance steps per query (1 = published; see the module docstring).
+        mss_share_mm: grid pitch of shared MSS patches (0 = published; module docstring).
     """
 
     def __init__(
@@ -104,6 +112,7 @@ class Localizer:
         batch_size: int | None = None,
         interpolation: str = "spline",
         rdr_steps: int = 1,
+        mss_share_mm: float = 0.0,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
@@ -120,6 +129,9 @@ class Localizer:
         if int(rdr_steps) < 1:
             raise ValueError(f"rdr_steps must be at least 1, got {rdr_steps}")
         self.rdr_steps = int(rdr_steps)
+        if not mss_share_mm >= 0:
+            raise ValueError(f"mss_share_mm must be >= 0, got {mss_share_mm}")
+        self.mss_share_mm = float(mss_share_mm)
         self.prototypes: Prototypes | None = None
         self.stats: dict[str, float] = {"forward_passes": 0, "patches": 0, "forward_seconds": 0.0}
         self._fingerprint: str | None = None
@@ -352,7 +364,7 @@ class Localizer:
                 s: torch.cat([protos.classes[c].templates[s] for c in refine])
                 for s in self.feature_scales
             }
-            refined = start + self._refine(padded, start, templates)
+            refined = self._refine(padded, start, templates)
             counts = [len(coarse[c]) for c in refine]
             for c, pts in zip(refine, np.split(refined, np.cumsum(counts)[:-1]), strict=True):
                 coarse[c] = pts
@@ -379,17 +391,30 @@ class Localizer:
             points = moved
         return points
 
+    def search_centres(self, points: np.ndarray, shape: np.ndarray) -> np.ndarray:
+        """Centre of each point's MSS search patch on the padded grid: the point itself, or its
+        grid point when ``mss_share_mm`` is set (clamped to ``[32, s - 33]``)."""
+        if self.mss_share_mm <= 0:
+            return points
+        pitch = max(1, int(round(self.mss_share_mm / MEDLAM_SPACING)))
+        snapped = np.rint(points / pitch).astype(np.int64) * pitch
+        return np.clip(snapped, PAD, shape - PAD - 1)
+
     def _refine(
         self, padded: np.ndarray, points: np.ndarray, templates: dict[str, torch.Tensor]
     ) -> np.ndarray:
-        """MSS offsets ``(N, 3)`` int64 for points ``(N, 3)`` on the padded grid, in batches."""
+        """MSS-refined points ``(N, 3)`` int64 for points ``(N, 3)`` on the padded grid: each
+        distinct search patch runs once, in batches."""
+        centres = self.search_centres(points, np.array(padded.shape))
         offsets = np.zeros_like(points)
-        for members, local, out in self._forward_unique(padded, points, False, self.feature_scales):
+        for members, local, out in self._forward_unique(
+            padded, centres, False, self.feature_scales
+        ):
             feats = {s: out[s][local] for s in self.feature_scales}
             batch = {s: t[members] for s, t in templates.items()}
             score = similarity_map(feats, batch, self.feature_scales)
             offsets[members] = mss_offsets(score)
-        return offsets
+        return centres + offsets
 
 
 def _overlaps(box: tuple[np.ndarray, np.ndarray], shape: Sequence[int]) -> bool:

@@ -106,6 +106,7 @@ def settings(
             slice_interval=data.slice_interval,
             feature_scale_ls=list(data.feature_scale_ls),
             rdr_steps=data.rdr_steps,
+            mss_share_mm=data.mss_share_mm,
             localizer_sha256=localizer_sha,
             support_images=[str(p) for p in data.support_images],
         )

@@ -100,6 +100,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
         feature_scales=cfg.data.feature_scale_ls,
         seed=cfg.run.seed,
         rdr_steps=cfg.data.rdr_steps,
+        mss_share_mm=cfg.data.mss_share_mm,
     )
 
 

@@ -257,6 +257,8 @@ def build_networks(cfg, args, device: str):
         slice_interval=cfg.data.slice_interval,
         feature_scales=cfg.data.feature_scale_ls,
         seed=cfg.run.seed,
+        rdr_steps=cfg.data.rdr_steps,
+        mss_share_mm=cfg.data.mss_share_mm if args.mss_share_mm is None else args.mss_share_mm,
     )
     vit_ckpt = cfg.weight.vit_load_path
     if vit_ckpt is not None and Path(vit_ckpt).is_file():
@@ -477,6 +479,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "seconds_per_patch": round(sec_per_patch, 4),
             "published_match_seconds_per_point": round(match_point, 4),
             "width": int(localizer.model.base_chns),
+            "mss_share_mm": localizer.mss_share_mm,
+            "rdr_steps": localizer.rdr_steps,
             "random_weights": random_medlam,
         },
         "sam": {
@@ -634,6 +638,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="segment the localizer's boxes, or label boxes (auto: labels when MedLAM "
         "has random weights)",
+    )
+    p.add_argument(
+        "--mss-share-mm",
+        type=float,
+        default=None,
+        help="share MSS search patches among points on this grid pitch (fast mode that "
+        "changes results; default: the config's, 0 = one patch per point as published)",
     )
     p.add_argument(
         "--sample",

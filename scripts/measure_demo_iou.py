@@ -55,7 +55,9 @@ def cohort_lists(folder: Path, make) -> tuple[list, list, list[int]]:
     return supports, queries, list(data.fg_class)
 
 
-def localize_cohort(lists, checkpoint: Path, scales: tuple[str, ...], rdr_steps: int) -> list:
+def localize_cohort(
+    lists, checkpoint: Path, scales: tuple[str, ...], rdr_steps: int, share_mm: float = 0.0
+) -> list:
     from medlsam.box_eval import score_organ
     from medlsam.io import case_name, read_image, read_label
     from medlsam.localize import Localizer
@@ -63,7 +65,9 @@ def localize_cohort(lists, checkpoint: Path, scales: tuple[str, ...], rdr_steps:
 
     supports, queries, classes = lists
     model = build_medlam(checkpoint, "cpu")
-    loc = Localizer(model, "cpu", feature_scales=scales, seed=2023, rdr_steps=rdr_steps)
+    loc = Localizer(
+        model, "cpu", feature_scales=scales, seed=2023, rdr_steps=rdr_steps, mss_share_mm=share_mm
+    )
     loc.fit([(read_image(i), read_label(lab)) for i, lab in supports], classes)
     scores = []
     for image_path, label_path in queries:
@@ -116,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rdr-steps", type=int, default=None, help="relative-distance steps (default: the demo's)"
     )
+    parser.add_argument(
+        "--mss-share-mm", type=float, default=0.0, help="shared MSS search patches (fast mode)"
+    )
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--cohorts-only", action="store_true", help="only write the cohorts")
     args = parser.parse_args(argv)
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text, mean = table(
         "Synthetic phantoms (seed 7, 5 supports, 12 queries)",
-        localize_cohort(synth, args.checkpoint, scales, steps),
+        localize_cohort(synth, args.checkpoint, scales, steps, args.mss_share_mm),
         dict(ORGAN_NAMES),
     )
     report = [text]
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             real = cohort_lists(real_folder, make_real)
             text, _ = table(
                 "Real CT, deformed copies (seed 11, 5 supports, 10 queries)",
-                localize_cohort(real, args.checkpoint, scales, steps),
+                localize_cohort(real, args.checkpoint, scales, steps, args.mss_share_mm),
                 REAL_CLASSES,
             )
             report.append(text)

@@ -54,6 +54,7 @@ def test_sampled_localizer_counts_the_same_work(one_thread):
     assert counts[0] == counts[1]  # support points come from the labels: exact
     fit_kind = sampler.kinds[medlam_key(True, ("feature0",))]
     assert fit_kind.real_calls == 1 and fit_kind.replayed_items > 0
-    assert sum(k.real_items + k.replayed_items for k in sampler.kinds.values()) == (
-        loc.stats["patches"]
+    assert (
+        sum(k.real_items + k.replayed_items for k in sampler.kinds.values())
+        == (loc.stats["patches"])
     )

@@ -27,11 +27,14 @@ def _config(root, name, data_extra, checkpoint):
         "seg_save_path": root / "out",
     }
     data.update(data_extra)
-    return write_config_txt(root / name, {
-        "data": data,
-        "weight": {"medlam_load_path": checkpoint},
-        "run": {"seed": 5, "device": "cpu"},
-    })
+    return write_config_txt(
+        root / name,
+        {
+            "data": data,
+            "weight": {"medlam_load_path": checkpoint},
+            "run": {"seed": 5, "device": "cpu"},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +59,16 @@ def cohort(tmp_path_factory):
         model.fc3.weight.zero_()
         model.fc3.bias.zero_()
     checkpoint = save_medlam(model, root / "medlam.pth", half=True)
-    config = _config(root, "fit.txt", {
-        "support_image_ls": root / "support_image.txt",
-        "support_label_ls": root / "support_label.txt",
-        "prototypes": root / "protos.pt",
-    }, checkpoint)
+    config = _config(
+        root,
+        "fit.txt",
+        {
+            "support_image_ls": root / "support_image.txt",
+            "support_label_ls": root / "support_label.txt",
+            "prototypes": root / "protos.pt",
+        },
+        checkpoint,
+    )
     rc = main(["--config", str(config), "--quiet"])
     return {"root": root, "rc": rc, "checkpoint": checkpoint, "images": images}
 
@@ -92,8 +100,12 @@ def test_writes_boxes_and_published_iou_table(cohort, capsys):
 
 def test_prototypes_alone_give_the_same_boxes(cohort, capsys):
     root = cohort["root"]
-    config = _config(root, "reuse.txt", {"prototypes": root / "protos.pt",
-                                         "seg_save_path": root / "out2"}, cohort["checkpoint"])
+    config = _config(
+        root,
+        "reuse.txt",
+        {"prototypes": root / "protos.pt", "seg_save_path": root / "out2"},
+        cohort["checkpoint"],
+    )
     assert main(["--config", str(config), "--quiet", "--device", "cpu"]) == 0
     for case in ("query_a", "query_b"):
         first = json.loads((root / "out" / f"{case}.boxes.json").read_text())
@@ -107,9 +119,17 @@ def test_failing_query_is_reported_and_the_rest_go_on(cohort, capsys):
     bad = root / "query_bad.nii.gz"
     bad.write_bytes(b"not a nifti file")
     write_path_list(root / "mixed.txt", [bad, cohort["images"]["query_a"]])
-    config = _config(root, "mixed.txt.cfg.txt", {
-        "prototypes": root / "protos.pt", "query_image_ls": root / "mixed.txt",
-        "query_label_ls": None, "seg_save_path": root / "out3"}, cohort["checkpoint"])
+    config = _config(
+        root,
+        "mixed.txt.cfg.txt",
+        {
+            "prototypes": root / "protos.pt",
+            "query_image_ls": root / "mixed.txt",
+            "query_label_ls": None,
+            "seg_save_path": root / "out3",
+        },
+        cohort["checkpoint"],
+    )
     assert main(["--config", str(config), "--quiet"]) == 1
     assert (root / "out3" / "query_a.boxes.json").is_file()
     err = capsys.readouterr().err

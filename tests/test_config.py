@@ -183,6 +183,9 @@ def test_rdr_steps_key(tmp_path):
         root, PUBLISHED.replace("bbox_mode             = SPL", "bbox_mode = SPL\nrdr_steps = 3")
     )
     assert load_config(path).data.rdr_steps == 3
+    assert load_config(path).data.mss_share_mm == 0.0  # one search patch per point, published
+    shared = _write(root, path.read_text().replace("rdr_steps = 3", "mss_share_mm = 24"))
+    assert load_config(shared).data.mss_share_mm == 24.0
 
 
 def test_all_missing_files_reported_together(tmp_path):

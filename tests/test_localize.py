@@ -235,11 +235,40 @@ def test_refinement_recovers_a_pure_shift(error):
     points = np.array([[50, 50, 50], [60, 45, 55], [40, 70, 66]])
     _, templates = loc._support_features(support, points)
     start = points + shift + np.array(error)
-    found = start + loc._refine(query, start, templates)
+    found = loc._refine(query, start, templates)
     # the published arg-max convention (index - 31 on the 65->64 resized map) lands on the point
     # or half a voxel beyond it, i.e. offset 0 or +1 per axis
     diff = found - (points + shift)
     assert np.all((diff >= 0) & (diff <= 1)), diff
+
+
+@pytest.mark.parametrize("error", [(0, 0, 0), (2, -1, 1), (-5, 6, 3)])
+def test_shared_search_patches_recover_a_pure_shift_with_fewer_patches(error):
+    shift = np.array([3, -2, 4])
+    support, query = _shifted_pair(shift)
+    points = np.array([[50, 50, 50], [52, 47, 51], [49, 53, 48], [60, 45, 55]])
+    start = points + shift + np.array(error)
+    found, patches = {}, {}
+    for share in (0.0, 24.0):
+        loc = Localizer(
+            ShiftEquivariant(),
+            "cpu",
+            feature_scales=("feature2",),
+            batch_size=2,
+            mss_share_mm=share,
+        )
+        _, templates = loc._support_features(support, points)
+        before = loc.stats["patches"]
+        found[share] = loc._refine(query, start, templates)
+        patches[share] = loc.stats["patches"] - before
+        centres = loc.search_centres(start, np.array(query.shape))
+        if share:  # a 24 mm grid = every 8 voxels; each centre within 4 voxels of its point
+            assert np.all(centres % 8 == 0) and np.abs(centres - start).max() <= 4
+    assert patches[0.0] == 4 and patches[24.0] < 4
+    # both land on the true point (or half a voxel beyond), as long as it is in the window
+    for share in (0.0, 24.0):
+        diff = found[share] - (points + shift)
+        assert np.all((diff >= 0) & (diff <= 1)), (share, diff)
 
 
 def test_refinement_with_medlam_all_scales_keeps_a_correct_point():
@@ -249,7 +278,7 @@ def test_refinement_with_medlam_all_scales_keeps_a_correct_point():
     points = np.array([[50, 50, 50]])
     _, templates = loc._support_features(support, points)
     start = points + shift  # identical patches: features match exactly
-    diff = start + loc._refine(query, start, templates) - start
+    diff = loc._refine(query, start, templates) - start
     assert np.all((diff >= 0) & (diff <= 1)), diff
 
 

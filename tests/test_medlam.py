@@ -23,15 +23,24 @@ def published_shapes(b: int) -> dict[str, tuple[int, ...]]:
     """The 44 published keys (method.md 2.4, without ``module.``) and shapes, from the tables
     of method.md 2.2 written out by hand."""
     convs = {  # (in, out) per block
-        "conv0_1": (1, 2 * b), "conv0_2": (2 * b, 2 * b),
-        "conv1_1": (2 * b, 2 * b), "conv1_2": (2 * b, 2 * b),
-        "conv2_1": (2 * b, 2 * b), "conv2_2": (2 * b, 4 * b),
-        "conv3_1": (4 * b, 4 * b), "conv3_2": (4 * b, 8 * b),
-        "conv4_1": (8 * b, 8 * b), "conv4_2": (8 * b, 16 * b),
-        "conv5_1": (24 * b, 8 * b), "conv5_2": (8 * b, 8 * b),
-        "conv6_1": (12 * b, 4 * b), "conv6_2": (4 * b, 4 * b),
-        "conv7_1": (6 * b, 4 * b), "conv7_2": (4 * b, 4 * b),
-        "conv8_1": (6 * b, 4 * b), "conv8_2": (4 * b, 4 * b),
+        "conv0_1": (1, 2 * b),
+        "conv0_2": (2 * b, 2 * b),
+        "conv1_1": (2 * b, 2 * b),
+        "conv1_2": (2 * b, 2 * b),
+        "conv2_1": (2 * b, 2 * b),
+        "conv2_2": (2 * b, 4 * b),
+        "conv3_1": (4 * b, 4 * b),
+        "conv3_2": (4 * b, 8 * b),
+        "conv4_1": (8 * b, 8 * b),
+        "conv4_2": (8 * b, 16 * b),
+        "conv5_1": (24 * b, 8 * b),
+        "conv5_2": (8 * b, 8 * b),
+        "conv6_1": (12 * b, 4 * b),
+        "conv6_2": (4 * b, 4 * b),
+        "conv7_1": (6 * b, 4 * b),
+        "conv7_2": (4 * b, 4 * b),
+        "conv8_1": (6 * b, 4 * b),
+        "conv8_2": (4 * b, 4 * b),
     }
     shapes: dict[str, tuple[int, ...]] = {}
     for s in STAGES:
@@ -125,8 +134,8 @@ def test_published_format_fp16_with_prefix_loads(tmp_path):
     assert not model.training
     loaded = model.state_dict()
     for key, value in state.items():
-        assert loaded[key[len("module."):]].dtype == torch.float32
-        torch.testing.assert_close(loaded[key[len("module."):]], value.float())
+        assert loaded[key[len("module.") :]].dtype == torch.float32
+        torch.testing.assert_close(loaded[key[len("module.") :]], value.float())
     assert weights_fingerprint(model) == file_sha256(path)
 
 
