@@ -79,16 +79,8 @@ class Sampler:
         nothing to replay yet), else ``replay(cached, items)``."""
         if not self.enabled:
             return compute()
-        if key in self.always:
-            kind = self.kinds.setdefault(key, Kind())
-            began = self._now()
-            out = compute()
-            kind.real_seconds += self._now() - began
-            kind.real_calls += 1
-            kind.real_items += items
-            return out
         kind = self.kinds.setdefault(key, Kind())
-        if kind.real_calls < self.sample or kind.cached is None:
+        if key in self.always or kind.real_calls < self.sample or kind.cached is None:
             began = self._now()
             out = compute()
             kind.real_seconds += self._now() - began

@@ -56,8 +56,14 @@ def cohort_lists(folder: Path, make) -> tuple[list, list, list[int]]:
 
 
 def localize_cohort(
-    lists, checkpoint: Path, scales: tuple[str, ...], rdr_steps: int, share_mm: float = 0.0
-) -> list:
+    lists,
+    checkpoint: Path,
+    scales: tuple[str, ...],
+    rdr_steps: int,
+    share_mm: float = 0.0,
+    slice_interval: int | None = None,
+) -> tuple[list, dict]:
+    """Box scores of every query organ, and the localizer's work counts (query side)."""
     from medlsam.box_eval import score_organ
     from medlsam.io import case_name, read_image, read_label
     from medlsam.localize import Localizer
@@ -66,9 +72,17 @@ def localize_cohort(
     supports, queries, classes = lists
     model = build_medlam(checkpoint, "cpu")
     loc = Localizer(
-        model, "cpu", feature_scales=scales, seed=2023, rdr_steps=rdr_steps, mss_share_mm=share_mm
+        model,
+        "cpu",
+        mode="SPL" if slice_interval else "WPL",
+        slice_interval=slice_interval,
+        feature_scales=scales,
+        seed=2023,
+        rdr_steps=rdr_steps,
+        mss_share_mm=share_mm,
     )
     loc.fit([(read_image(i), read_label(lab)) for i, lab in supports], classes)
+    fit_patches = loc.stats["patches"]
     scores = []
     for image_path, label_path in queries:
         image, label = read_image(image_path), read_label(label_path)
@@ -83,7 +97,8 @@ def localize_cohort(
                     image.slice_axis(),
                 )
             )
-    return scores
+    work = {"query_patches": loc.stats["patches"] - fit_patches, "queries": len(queries)}
+    return scores, work
 
 
 def table(title: str, scores: list, names: dict[int, str]) -> tuple[str, float]:
@@ -123,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mss-share-mm", type=float, default=0.0, help="shared MSS search patches (fast mode)"
     )
+    parser.add_argument(
+        "--slice-interval", type=int, default=None, help="SPL with this interval (default WPL)"
+    )
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--cohorts-only", action="store_true", help="only write the cohorts")
     args = parser.parse_args(argv)
@@ -150,11 +168,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_real:
             cohort_lists(real_folder, make_real)
         return 0
-    text, mean = table(
-        "Synthetic phantoms (seed 7, 5 supports, 12 queries)",
-        localize_cohort(synth, args.checkpoint, scales, steps, args.mss_share_mm),
-        dict(ORGAN_NAMES),
+    options = (scales, steps, args.mss_share_mm, args.slice_interval)
+    mode = f"SPL interval {args.slice_interval}" if args.slice_interval else "WPL"
+    settings = (
+        f"{mode}, MSS scales {list(scales) or 'none'}, rdr_steps {steps}, "
+        f"mss_share_mm {args.mss_share_mm:g}"
     )
+    scores, work = localize_cohort(synth, args.checkpoint, *options)
+    text, mean = table(
+        "Synthetic phantoms (seed 7, 5 supports, 12 queries)", scores, dict(ORGAN_NAMES)
+    )
+    text += f"\n\n{settings}; MedLAM query patches per query {work['query_patches'] / 12:.1f}"
     report = [text]
     print(text, flush=True)
     if not args.skip_real:
@@ -162,18 +186,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"real CT not found under {CT}; skipped", file=sys.stderr)
         else:
             real = cohort_lists(real_folder, make_real)
+            scores, work = localize_cohort(real, args.checkpoint, *options)
             text, _ = table(
-                "Real CT, deformed copies (seed 11, 5 supports, 10 queries)",
-                localize_cohort(real, args.checkpoint, scales, steps, args.mss_share_mm),
-                REAL_CLASSES,
+                "Real CT, deformed copies (seed 11, 5 supports, 10 queries)", scores, REAL_CLASSES
             )
             report.append(text)
             print("\n" + text, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "iou.md").write_text("\n\n".join(report) + "\n")
-    print(
-        f"\nrdr_steps {steps}; {time.perf_counter() - began:.0f} s; written {args.out / 'iou.md'}"
-    )
+    print(f"\n{settings}; {time.perf_counter() - began:.0f} s; written {args.out / 'iou.md'}")
     return 0 if mean >= 0.5 else 1
 
 
