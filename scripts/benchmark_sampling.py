@@ -8,9 +8,9 @@ run stays real (reading, resampling, support points, de-duplication, FFT matchin
 preprocessing, assembly, writing), and the replayed calls are still made, just not computed,
 so the counts are those of the run: prototype patches (points come from the support labels),
 encoder and decoder calls (boxes come from the query labels when MedLAM has random weights)
-and forward passes are exact; the query's refinement patches are its distinct coarse points,
-which with replayed support codes may differ from a full run's by how many coincide (at most
-one patch per point either way). With
+and forward passes are exact, and so are the query's refinement patches when its coarse points
+come from its labels (random weights, the benchmark's default); with trained weights and
+replayed support codes they may differ from a full run's by how many points coincide. With
 random weights the outputs carry no information anyway; replayed ones are copies of measured
 ones, so shapes and dtypes downstream are unchanged.
 
