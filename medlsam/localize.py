@@ -18,10 +18,9 @@ patch centre, then one MSS refinement within a 64^3 window (coordinates clamped 
   each point's own patch (centred on its previous estimate, clamped to ``[32, s - 33]``) gives
   the query code, and the point moves by ``[1500, 600, 600] mm * tanh(support - code)`` from
   that patch's centre. The first step is a long jump from the middle of the scan; later steps
-  are short, where the network's estimate is most accurate (the demo checkpoint: mean box IoU
-  0.23 with one step, 0.32 with three). Each step costs one fc-only forward pass per distinct
-  point; the search stops early once no point moves;
-
+  are short, where the network's estimate is most accurate (the first-stage demo weights: mean
+  synthetic box IoU 0.23 with one step, about 0.32 with three). Each step costs one fc-only
+  forward pass per distinct point; the search stops early once no point moves;
 * ``mss_share_mm`` (default 0: one MSS patch per distinct point, as published) is an explicit
   fast mode that changes results: points are snapped to a grid of that pitch and all points of
   one grid cell share one 64^3 search patch centred on the cell's grid point, so each point's
@@ -47,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -178,14 +177,15 @@ class Localizer:
     # ----------------------------------------------------------------------------------------
     # prototypes
 
-    def fit(self, supports: Sequence[tuple[Volume, Volume]], classes: Sequence[int]) -> Prototypes:
+    def fit(self, supports: Iterable[tuple[Volume, Volume]], classes: Sequence[int]) -> Prototypes:
         """Compute prototypes from support ``(image, label)`` pairs (method.md 3).
+
+        ``supports`` may be a generator: each pair is resampled to the 3 mm grid as it comes and
+        only that copy is kept, so full-resolution scans need not all be in memory at once.
 
         Raises:
             InputError: a label not on its image's grid, or an organ absent from every support.
         """
-        if not supports:
-            raise InputError("no support scans given (need support images and labels)")
         classes = [int(c) for c in classes]
         prepared = []
         for image, label in supports:
@@ -197,6 +197,9 @@ class Localizer:
                 )
             grid = medlam_image(image, self.interpolation)
             prepared.append((image.name, pad(grid.array), pad(medlam_label(label, classes, grid))))
+            del image, label, grid
+        if not prepared:
+            raise InputError("no support scans given (need support images and labels)")
         present: dict[int, list[int]] = {c: [] for c in classes}
         extents: dict[int, list[int]] = {c: [] for c in classes}
         for s, (_, _, lab) in enumerate(prepared):

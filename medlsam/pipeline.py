@@ -339,11 +339,13 @@ def run(
     done = set(report.skipped)
     todo = [n for n in mine if cases[n] not in done]
     if todo:
-        supports = supports_loader(cfg)
+        fit_classic = segmenter.name == "classic" and not getattr(segmenter, "models", None)
+        supports = supports_loader(cfg, keep=fit_classic)  # the classic backend reads them too
         if not boxes_from_labels and hasattr(localizer, "fit"):
             prepare_localizer(localizer, cfg, supports)
-        if segmenter.name == "classic" and not getattr(segmenter, "models", None):
+        if fit_classic:
             segmenter.fit(supports(), data.fg_class)
+        del supports  # the full-resolution support scans are not needed for the queries
         mode = "boxes_from_labels" if boxes_from_labels else data.bbox_mode.value
         extra = {"segmenter": segmenter.name, "seed": cfg.run.seed, "bbox_mode": mode}
         job = _Run(cfg, segmenter, localizer, seg_dir, png_dir, boxes_from_labels, progress, extra)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,25 +60,34 @@ def check_writable(folder: Path) -> None:
         ) from err
 
 
-def supports_loader(cfg: Config) -> Callable[[], list[tuple[Volume, Volume]]]:
-    """Returns a function that reads the support image/label pairs once, then reuses them."""
+def read_supports(cfg: Config) -> Iterator[tuple[Volume, Volume]]:
+    """The support image/label pairs, read one pair at a time (checked to share a grid)."""
+    data = cfg.data
+    if not data.support_images:
+        raise ConfigError(f"{cfg.path}: [data] support_image_ls is needed for this run")
+    for image_path, label_path in zip(data.support_images, data.support_labels, strict=True):
+        image, label = read_image(image_path), read_label(label_path)
+        if not same_grid(image, label):
+            raise InputError(
+                f"{label_path}: label grid {label.shape} does not match its image "
+                f"{image_path} {image.shape}"
+            )
+        yield image, label
+
+
+def supports_loader(
+    cfg: Config, keep: bool = True
+) -> Callable[[], Iterable[tuple[Volume, Volume]]]:
+    """A function giving the support pairs: read once and kept for reuse (``keep``), or read
+    afresh, one pair at a time, on every call (the localizer alone needs them once, and then
+    never holds more than one full-resolution support scan)."""
     cache: list[tuple[Volume, Volume]] = []
 
-    def load() -> list[tuple[Volume, Volume]]:
+    def load() -> Iterable[tuple[Volume, Volume]]:
+        if not keep:
+            return read_supports(cfg)
         if not cache:
-            data = cfg.data
-            if not data.support_images:
-                raise ConfigError(f"{cfg.path}: [data] support_image_ls is needed for this run")
-            for image_path, label_path in zip(
-                data.support_images, data.support_labels, strict=True
-            ):
-                image, label = read_image(image_path), read_label(label_path)
-                if not same_grid(image, label):
-                    raise InputError(
-                        f"{label_path}: label grid {label.shape} does not match its image "
-                        f"{image_path} {image.shape}"
-                    )
-                cache.append((image, label))
+            cache.extend(read_supports(cfg))
         return cache
 
     return load
@@ -104,7 +113,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
     )
 
 
-def prepare_localizer(localizer: Any, cfg: Config, supports: Callable[[], list]) -> None:
+def prepare_localizer(localizer: Any, cfg: Config, supports: Callable[[], Iterable]) -> None:
     """Load ``[data] prototypes`` when the file exists, else fit (and save there when named)."""
     path = cfg.data.prototypes
     if path is not None and Path(path).is_file():

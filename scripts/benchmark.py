@@ -369,10 +369,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     localize_module.medlam_label = timed(originals[1], clock, "preprocess")
     try:
         began = clock.now()
-        supports = [
+        supports = (  # read one pair at a time inside fit, as medlsam-infer does with SAM
             (read_image(i), read_label(lab))
             for i, lab in zip(data.support_images, data.support_labels, strict=True)
-        ]
+        )
         volume = read_image(data.query_images[args.query])
         clock.add("read", clock.now() - began)
         label = None
