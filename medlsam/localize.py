@@ -413,10 +413,14 @@ class Localizer:
         for members, local, out in self._forward_unique(
             padded, centres, False, self.feature_scales
         ):
-            feats = {s: out[s][local] for s in self.feature_scales}
-            batch = {s: t[members] for s, t in templates.items()}
-            score = similarity_map(feats, batch, self.feature_scales)
-            offsets[members] = mss_offsets(score)
+            # points sharing a patch share its feature maps: match at most batch_size at a time
+            for start in range(0, len(members), self.batch_size):
+                chunk = slice(start, start + self.batch_size)
+                rows, picks = members[chunk], local[chunk]
+                feats = {s: out[s][picks] for s in self.feature_scales}
+                batch = {s: t[rows] for s, t in templates.items()}
+                score = similarity_map(feats, batch, self.feature_scales)
+                offsets[rows] = mss_offsets(score)
         return centres + offsets
 
 
