@@ -8,8 +8,8 @@ Two cohorts, both unseen in training (the demo checkpoint was trained on phantom
   (spleen, kidneys, gallbladder, liver, stomach, pancreas, bladder, aorta); supports and
   queries are different deformations of the same scan.
 
-Localization: WPL, no MSS refinement (the demo checkpoint is trained for RDR only), the demo's
-relative-distance steps (``--rdr-steps``, default 3), seed 2023.
+Localization as in ``medlsam-demo``: WPL, MSS refinement on feature0 (``--scales``), 3
+relative-distance steps (``--rdr-steps``), seed 2023.
 IoU as in :mod:`medlsam.box_eval` (voxel-counted boxes; an organ predicted outside scores 0).
 
 Usage (from the repository root)::
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "result" / "measure_demo_iou")
     parser.add_argument(
-        "--scales", default="", help="MSS scales, e.g. feature0,feature1 (default none)"
+        "--scales",
+        default=None,
+        help="MSS scales, e.g. feature0,feature1, or none (default: the demo's, feature0)",
     )
     parser.add_argument(
         "--rdr-steps", type=int, default=None, help="relative-distance steps (default: the demo's)"
@@ -145,12 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cohorts-only", action="store_true", help="only write the cohorts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from medlsam.cli.demo import DEMO_RDR_STEPS
+    from medlsam.cli.demo import DEMO_RDR_STEPS, DEMO_SCALES
     from medlsam.synth import ORGAN_NAMES, make_cohort, make_cohort_from
 
     steps = args.rdr_steps or DEMO_RDR_STEPS
 
-    scales = tuple(s for s in args.scales.split(",") if s)
+    if args.scales is None:
+        scales = DEMO_SCALES
+    else:
+        scales = tuple(s for s in args.scales.split(",") if s and s != "none")
     began = time.perf_counter()
     folder = args.out / "synthetic"
     synth = cohort_lists(folder, lambda: make_cohort(folder, 17, 5, seed=7))

@@ -29,8 +29,8 @@ from medlsam.errors import CheckpointError
 DEMO_SUPPORTS = 5
 #: Default seed of the demo cohort (the demo checkpoint was trained on seed 1000).
 DEMO_SEED = 2024
-#: MSS scales of the demo (none: the demo checkpoint is trained for RDR only).
-DEMO_SCALES: tuple[str, ...] = ()
+#: MSS scales of the demo (the demo checkpoint trains MSS on feature0 only).
+DEMO_SCALES: tuple[str, ...] = ("feature0",)
 #: Relative-distance steps of the demo (the published code takes one; see Localizer).
 DEMO_RDR_STEPS = 3
 
