@@ -138,3 +138,18 @@ def box_iou(a: Box3D, b: Box3D) -> float:
     va = int(np.prod(a.size))
     vb = int(np.prod(b.size))
     return inter / float(va + vb - inter)
+
+
+def group_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Box ``(lo, hi)`` of one group of six points ``(6, 3)``: min from the first three points'
+    own axes, max from the last three, sorted per axis."""
+    points = np.asarray(points)
+    a = np.array([points[0, 0], points[1, 1], points[2, 2]], dtype=np.float64)
+    b = np.array([points[3, 0], points[4, 1], points[5, 2]], dtype=np.float64)
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def box_overlaps(box: tuple[np.ndarray, np.ndarray], shape: Sequence[int]) -> bool:
+    """Whether the inclusive box ``(lo, hi)`` touches an array of ``shape``."""
+    lo, hi = box
+    return bool(np.all(hi >= 0) and np.all(lo <= np.array(shape) - 1))

@@ -14,20 +14,13 @@ averaged, relative displacement ``[1500, 600, 600] mm * tanh(support - query)`` 
 patch centre, then one MSS refinement within a 64^3 window (coordinates clamped to
 ``[32, s - 33]`` first). Deliberate differences, each named:
 
-* ``rdr_steps`` (default 1, as published) iterates the relative-distance step: from step 2 on,
-  each point's own patch (centred on its previous estimate, clamped to ``[32, s - 33]``) gives
-  the query code, and the point moves by ``[1500, 600, 600] mm * tanh(support - code)`` from
-  that patch's centre. The first step is a long jump from the middle of the scan; later steps
-  are short, where the network's estimate is most accurate (the first-stage demo weights: mean
-  synthetic box IoU 0.23 with one step, about 0.32 with three). Each step costs one fc-only
-  forward pass per distinct point; the search stops early once no point moves;
-* ``mss_share_mm`` (default 0: one MSS patch per distinct point, as published) is an explicit
-  fast mode that changes results: points are snapped to a grid of that pitch and all points of
-  one grid cell share one 64^3 search patch centred on the cell's grid point, so each point's
-  search window is off-centre by up to half the pitch (and the patch's instance-norm statistics
-  are the shared patch's). SPL points crowd around each organ, so a 24 mm grid cuts the
-  refinement patches several-fold; scripts/measure_demo_iou.py and scripts/benchmark.py show
-  what it costs and saves;
+* ``rdr_steps`` (default 1, as published) repeats the relative-distance step from step 2 on
+  from each point's own patch (centred on its last estimate, clamped to ``[32, s - 33]``):
+  short steps, where the network is most accurate; one fc-only pass per distinct point and
+  step, stopping once no point moves;
+* ``mss_share_mm`` (default 0, as published) is an explicit fast mode that changes results:
+  the points of one cell of a grid of that pitch share one MSS search patch
+  (:func:`~medlsam.matching.search_centres`), off-centre by up to half the pitch;
 * each query gets its own random generator seeded with ``seed`` (the published code seeds once,
   so a query's boxes depended on the queries before it);
 * the initial draws always terminate: after 100 air draws for one patch (or at once when the
@@ -53,11 +46,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medlsam.boxes import Box3D, OrganBoxes
+from medlsam.boxes import Box3D, OrganBoxes, box_overlaps, group_box
 from medlsam.config import BoxMode
 from medlsam.errors import InputError
 from medlsam.io import Volume, same_grid
-from medlsam.matching import crop_patches, initial_centres, mss_offsets, similarity_map
+from medlsam.matching import (
+    crop_patches,
+    initial_centres,
+    mss_offsets,
+    search_centres,
+    similarity_map,
+)
 from medlsam.medlam import FEATURE_NAMES, MedLAM, weights_fingerprint
 from medlsam.preprocess import MEDLAM_SPACING, PAD, MedlamInput, medlam_image, medlam_label, pad
 from medlsam.prototypes import (
@@ -73,15 +72,6 @@ logger = logging.getLogger(__name__)
 
 #: Scale of the relative displacement, mm along (z, y, x) (published ``dis_ratio``).
 DIS_RATIO = np.array([1500.0, 600.0, 600.0])
-
-
-def group_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Box ``(lo, hi)`` of one group of six points ``(6, 3)``: min from the first three points'
-    own axes, max from the last three, sorted per axis."""
-    points = np.asarray(points)
-    a = np.array([points[0, 0], points[1, 1], points[2, 2]], dtype=np.float64)
-    b = np.array([points[3, 0], points[4, 1], points[5, 2]], dtype=np.float64)
-    return np.minimum(a, b), np.maximum(a, b)
 
 
 class Localizer:
@@ -358,7 +348,7 @@ class Localizer:
         for c, pts in zip(protos.classes, np.split(points, np.cumsum(counts)[:-1]), strict=True):
             coarse[c] = pts
             inside[c] = any(
-                _overlaps(group_box(g), grid.array.shape) for g in (pts - PAD).reshape(-1, 6, 3)
+                box_overlaps(group_box(g), grid.array.shape) for g in (pts - PAD).reshape(-1, 6, 3)
             )
         refine = [c for c in protos.classes if inside[c]] if self.feature_scales else []
         if refine:
@@ -394,21 +384,12 @@ class Localizer:
             points = moved
         return points
 
-    def search_centres(self, points: np.ndarray, shape: np.ndarray) -> np.ndarray:
-        """Centre of each point's MSS search patch on the padded grid: the point itself, or its
-        grid point when ``mss_share_mm`` is set (clamped to ``[32, s - 33]``)."""
-        if self.mss_share_mm <= 0:
-            return points
-        pitch = max(1, int(round(self.mss_share_mm / MEDLAM_SPACING)))
-        snapped = np.rint(points / pitch).astype(np.int64) * pitch
-        return np.clip(snapped, PAD, shape - PAD - 1)
-
     def _refine(
         self, padded: np.ndarray, points: np.ndarray, templates: dict[str, torch.Tensor]
     ) -> np.ndarray:
         """MSS-refined points ``(N, 3)`` int64 for points ``(N, 3)`` on the padded grid: each
         distinct search patch runs once, in batches."""
-        centres = self.search_centres(points, np.array(padded.shape))
+        centres = search_centres(points, self.mss_share_mm, padded.shape)
         offsets = np.zeros_like(points)
         for members, local, out in self._forward_unique(
             padded, centres, False, self.feature_scales
@@ -422,8 +403,3 @@ class Localizer:
                 score = similarity_map(feats, batch, self.feature_scales)
                 offsets[rows] = mss_offsets(score)
         return centres + offsets
-
-
-def _overlaps(box: tuple[np.ndarray, np.ndarray], shape: Sequence[int]) -> bool:
-    lo, hi = box
-    return bool(np.all(hi >= 0) and np.all(lo <= np.array(shape) - 1))

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medlsam.preprocess import MEDLAM_SPACING
+
 #: Patch edge in 3 mm voxels (published ``patch_size``).
 PATCH = 64
 #: Offset convention of the published arg-max: ``offset = index - (PATCH // 2 - 1)``.
@@ -83,6 +85,17 @@ def _nearest_tissue(padded: np.ndarray) -> np.ndarray:
         if np.all(lo == 0) and np.all(hi == padded.shape):
             return centre.astype(np.int64)
         radius *= 2
+
+
+def search_centres(points: np.ndarray, share_mm: float, shape: Sequence[int]) -> np.ndarray:
+    """Centre of each point's MSS search patch on the padded 3 mm grid: the point itself, or,
+    with ``share_mm > 0``, its point on a grid of that pitch (clamped to ``[32, s - 33]``), so
+    that the points of one grid cell share one patch."""
+    if share_mm <= 0:
+        return points
+    pitch = max(1, int(round(share_mm / MEDLAM_SPACING)))
+    snapped = np.rint(points / pitch).astype(np.int64) * pitch
+    return np.clip(snapped, PATCH // 2, np.array(shape) - PATCH // 2 - 1)
 
 
 def crop_patches(array: np.ndarray, centres: np.ndarray, size: int = PATCH) -> np.ndarray:

@@ -11,13 +11,7 @@ import torch
 from medlsam.cli.demo import demo_checkpoint, main
 from medlsam.medlam import build_medlam
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_packaged_demo_checkpoint_is_small_and_loads() -> None:

@@ -75,12 +75,7 @@ def tiny_config(tmp_path_factory) -> Path:
     return config
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_published_keys_load_and_resolve(tiny_config: Path) -> None:
