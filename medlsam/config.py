@@ -34,6 +34,8 @@ from medlsam.io import case_name, read_path_list
 __all__ = [
     "BoxMode",
     "Config",
+    "LOCALIZE_METHODS",
+    "LocalizeConfig",
     "DataConfig",
     "RunConfig",
     "SEGMENTER_NAMES",
@@ -67,6 +69,9 @@ FEATURE_SCALES: tuple[str, ...] = ("feature0", "feature1", "feature2")
 MEDSAM_NORMALIZATIONS: tuple[str, ...] = ("imagenet", "unit")
 OVERLAP_RULES: tuple[str, ...] = ("score", "later")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: Localizers a user can name in ``[localize] method``.
+LOCALIZE_METHODS: tuple[str, ...] = ("medlam", "registration")
+REGISTRATION_FUSIONS: tuple[str, ...] = ("median", "vote")
 
 
 @dataclass(frozen=True)
@@ -122,12 +127,28 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class LocalizeConfig:
+    """``[localize]`` (medlsam only): which localizer boxes the organs.
+
+    ``method`` is ``medlam`` (the network, ``[weight] medlam_load_path``) or ``registration``
+    (weight-free atlas registration of each support scan); unset, it is ``medlam`` when a
+    MedLAM checkpoint is named and ``registration`` otherwise (``chosen_by`` says which).
+    ``fusion`` combines the supports' registered boxes (``median`` or ``vote``).
+    """
+
+    method: str = "medlam"
+    chosen_by: str = "config"
+    fusion: str = "median"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     data: DataConfig
     vit: VitConfig
     weight: WeightConfig
     run: RunConfig = field(default_factory=RunConfig)
+    localize: LocalizeConfig = field(default_factory=LocalizeConfig)
 
     @property
     def name(self) -> str:
@@ -163,7 +184,19 @@ _KNOWN: dict[str, dict[str, bool]] = {
     "vit": {"net_type": False, "backend": False, "medsam_normalization": False, "overlap": False},
     "weight": {"medlam_load_path": False, "vit_load_path": False},
     "run": {"seed": False, "device": False, "use_gt_slice_threshold": False},
+    "localize": {"method": False, "fusion": False},
 }
+
+
+def _localize_config(reader: SectionReader, medlam_path: Path | None) -> LocalizeConfig:
+    """``[localize]``: an explicit method, else MedLAM when its checkpoint is named."""
+    fusion = reader.choice("localize", "fusion", "median", REGISTRATION_FUSIONS)
+    if reader.get("localize", "method") is not None:
+        method = reader.choice("localize", "method", "medlam", LOCALIZE_METHODS)
+        return LocalizeConfig(method, "config", fusion)
+    if medlam_path is not None:
+        return LocalizeConfig("medlam", "default: [weight] medlam_load_path is set", fusion)
+    return LocalizeConfig("registration", "default: no [weight] medlam_load_path", fusion)
 
 
 def _resolve_backend(reader: SectionReader, net_type: str, vit_path: Path | None) -> str:
@@ -288,6 +321,12 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
         raise ConfigError(
             f"{path}: [data] needs support_image_ls and support_label_ls, or a prototypes file"
         )
+    localize = _localize_config(reader, medlam_path)
+    if localize.method == "registration" and lists["support_image_ls"] is None:
+        raise ConfigError(
+            f"{path}: [localize] method = registration needs [data] support_image_ls and "
+            "support_label_ls (a MedLAM prototypes file cannot be registered)"
+        )
 
     config = Config(
         path=path,
@@ -326,6 +365,7 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
             device=reader.choice("run", "device", "auto", DEVICES),
             use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", False),
         ),
+        localize=localize,
     )
     if check_files:
         check_config_files(config)

@@ -253,7 +253,7 @@ def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
     )
     seconds["write"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - began
-    return {
+    entry = {
         "image": str(data.query_images[n]),
         "status": "ok",
         "error": None,
@@ -264,6 +264,10 @@ def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
         "work": pred.work,
         "outputs": outputs,
     }
+    case_report = getattr(job.localizer, "case_report", None)
+    if callable(case_report) and not job.boxes_from_labels:
+        entry["localizer"] = case_report()
+    return entry
 
 
 def run(

@@ -110,6 +110,8 @@ def settings(
             localizer_sha256=localizer_sha,
             support_images=[str(p) for p in data.support_images],
         )
+        if cfg.localize.method == "registration":
+            out.update(localize_method="registration", fusion=cfg.localize.fusion)
     if cfg.vit.backend == "classic":
         out["support_images"] = [str(p) for p in data.support_images]
     return out
@@ -136,15 +138,29 @@ def run_header(
             "checkpoint": str(cfg.weight.vit_load_path) if segmenter_sha else None,
             "checkpoint_sha256": segmenter_sha,
         },
-        "localizer": None
-        if baseline
-        else {
-            "checkpoint": str(cfg.weight.medlam_load_path),
-            "checkpoint_sha256": localizer_sha,
-            "prototypes": str(cfg.data.prototypes) if cfg.data.prototypes else None,
-        },
+        "localizer": None if baseline else _localizer_block(cfg, localizer_sha),
         "settings": settings(cfg, segmenter_sha, localizer_sha, baseline),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _localizer_block(cfg: Config, localizer_sha: str | None) -> dict[str, Any]:
+    """The ``localizer`` entry of a record: method, why it was chosen, checkpoint."""
+    method = cfg.localize
+    if method.method == "registration":
+        return {
+            "method": "registration",
+            "chosen_by": method.chosen_by,
+            "fusion": method.fusion,
+            "checkpoint": None,
+            "checkpoint_sha256": None,
+        }
+    return {
+        "method": "medlam",
+        "chosen_by": method.chosen_by,
+        "checkpoint": str(cfg.weight.medlam_load_path),
+        "checkpoint_sha256": localizer_sha,
+        "prototypes": str(cfg.data.prototypes) if cfg.data.prototypes else None,
     }
 
 

@@ -94,7 +94,20 @@ def supports_loader(
 
 
 def build_localizer(cfg: Config, device: str) -> Any:
-    """MedLAM from ``[weight] medlam_load_path`` wrapped in a :class:`Localizer` (no prototypes)."""
+    """The ``[localize] method`` localizer, not fitted: MedLAM from ``[weight] medlam_load_path``
+    in a :class:`Localizer`, or the weight-free :class:`RegistrationLocalizer`."""
+    method = cfg.localize
+    logger.info("localizer: %s (%s)", method.method, method.chosen_by)
+    if method.method == "registration":
+        from medlsam.registration import RegistrationLocalizer
+
+        return RegistrationLocalizer(
+            mode=cfg.data.bbox_mode,
+            slice_interval=cfg.data.slice_interval,
+            fusion=method.fusion,
+            seed=cfg.run.seed,
+            class_names=dict(cfg.data.class_names),
+        )
     from medlsam.localize import Localizer
     from medlsam.medlam import build_medlam
 
@@ -115,12 +128,12 @@ def build_localizer(cfg: Config, device: str) -> Any:
 
 def prepare_localizer(localizer: Any, cfg: Config, supports: Callable[[], Iterable]) -> None:
     """Load ``[data] prototypes`` when the file exists, else fit (and save there when named)."""
-    path = cfg.data.prototypes
+    path = cfg.data.prototypes if hasattr(localizer, "load_prototypes") else None
     if path is not None and Path(path).is_file():
         localizer.load_prototypes(path, cfg.data.fg_class)
         logger.info("prototypes read from %s", path)
         return
     localizer.fit(supports(), cfg.data.fg_class)
-    if path is not None:
+    if path is not None and hasattr(localizer, "save_prototypes"):
         localizer.save_prototypes(path)
         logger.info("prototypes saved to %s", path)
