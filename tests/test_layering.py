@@ -51,7 +51,7 @@ TORCH_FREE = {"errors", "volume", "io", "ini", "config", "boxes", "preprocess", 
 
 
 def _group(module: str) -> str:
-    """Rank key of a module path like ``medlsam.segment.sam`` or ``medlsam.train_data``."""
+    """Rank key of a module path like ``medlsam.segment.sam`` or ``medlsam.train.data``."""
     parts = module.split(".")
     name = parts[1] if len(parts) > 1 else parts[0]
     for key in sorted(RANKS, key=len, reverse=True):
