@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _body(args: argparse.Namespace) -> int:
     from medlsam.config import load_config
-    from medlsam.pipeline.shard import dist_env, run_sharded
+    from medlsam.pipeline.distributed import dist_env, run_sharded
 
     config = load_config(args.config)
     report = run_sharded(

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medlsam.checkpoint import describe, fit_problems, load_weights
+from medlsam.checkpoint import describe, file_sha256, fit_problems, load_weights
 from medlsam.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -210,15 +210,6 @@ def count_parameters(base_chns: int = PUBLISHED_BASE_CHNS) -> int:
 
 # --------------------------------------------------------------------------------------------
 # checkpoints
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_fingerprint(model: nn.Module) -> str:

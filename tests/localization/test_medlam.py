@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medlsam.checkpoint import file_sha256
 from medlsam.errors import CheckpointError
 from medlsam.localization.network import (
     MedLAM,
     build_medlam,
     count_parameters,
-    file_sha256,
     parameter_shapes,
     save_medlam,
     weights_fingerprint,

@@ -24,10 +24,9 @@ from medlsam.cli.evaluate import main as evaluate_main
 from medlsam.cli.infer import main as infer_main
 from medlsam.errors import ConfigError, OutputError
 from medlsam.io import read_label, write_path_list
+from medlsam.pipeline.distributed import DistEnv, dist_env
 from medlsam.pipeline.shard import (
-    DistEnv,
     Shard,
-    dist_env,
     merge_if_complete,
     parse_shard,
     sibling_entries,
