@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CT_TESTDATA
 
 from medlsam.config import load_config
 from medlsam.errors import InputError
@@ -15,7 +16,7 @@ from medlsam.synth import ORGAN_NAMES, make_cohort, make_cohort_from, make_phant
 from medlsam.synth.__main__ import main, parse_classes
 
 SMALL = (48, 48, 40)
-CT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "ct_testdata"
+CT_DATA = CT_TESTDATA
 TS_IMAGE = CT_DATA / "totalsegmentator" / "example_ct.nii.gz"
 TS_LABEL = CT_DATA / "totalsegmentator" / "example_seg_fast_force_split.nii.gz"
 # TotalSegmentator "total" ids (see PROVENANCE.md of the test data)
