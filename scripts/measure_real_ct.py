@@ -176,9 +176,9 @@ def run_method(method: str, support: tuple[Path, Path], queries, out: Path) -> t
     """Run the pipeline with one localizer; per case and organ ``(box IoU, Dice)``, seconds."""
     from medlsam.cli.demo import DEMO_RDR_STEPS, DEMO_SCALES, demo_checkpoint
     from medlsam.config import load_config, write_config_txt
-    from medlsam.evaluate import evaluate
+    from medlsam.evaluation.folder import evaluate
     from medlsam.io import write_path_list
-    from medlsam.pipeline import run
+    from medlsam.pipeline.run import run
 
     folder = out / method
     folder.mkdir(parents=True, exist_ok=True)
