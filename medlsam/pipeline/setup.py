@@ -97,8 +97,8 @@ def build_localizer(cfg: Config, device: str) -> Any:
     """The ``[localize] method`` localizer, not fitted: MedLAM from ``[weight] medlam_load_path``
     in a :class:`Localizer`, or the weight-free :class:`RegistrationLocalizer`."""
     method = cfg.localize
-    logger.info("localizer: %s (%s)", method.method, method.chosen_by)
     if method.method == "registration":
+        logger.info("localizer: registration (%s)", method.chosen_by)
         from medlsam.localization.registration import RegistrationLocalizer
 
         return RegistrationLocalizer(
@@ -114,6 +114,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
     if cfg.weight.medlam_load_path is None:
         raise ConfigError(f"{cfg.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
     model = build_medlam(cfg.weight.medlam_load_path, device)
+    logger.info("localizer: medlam (%s)", method.chosen_by)  # after the checkpoint is read
     return Localizer(
         model,
         device,
