@@ -30,6 +30,7 @@ from medlsam.boxes import Box3D, box_iou
 from medlsam.errors import InputError
 from medlsam.io import KNOWN_SUFFIXES, Volume, case_name, read_label
 from medlsam.run_files import SHARD_RECORD, read_record, record_files
+from medlsam.volume import align_to
 
 logger = logging.getLogger(__name__)
 
@@ -187,34 +188,9 @@ def align_to_label(pred: Volume, label: Volume) -> tuple[np.ndarray, np.ndarray,
             indices to label indices, ``ijk_label = matrix @ ijk_pred + offset``.
 
     Raises:
-        InputError: the grids do not coincide voxel for voxel.
+        InputError: the grids do not coincide voxel for voxel (the message says what differs).
     """
-    to_label = np.linalg.inv(label.affine) @ pred.affine
-    rot, shift = to_label[:3, :3], to_label[:3, 3]
-    matrix, offset = np.rint(rot), np.rint(shift)
-    is_perm = np.allclose(np.abs(matrix).sum(0), 1) and np.allclose(np.abs(matrix).sum(1), 1)
-    fits = is_perm and np.allclose(rot, matrix, atol=1e-3) and np.allclose(shift, offset, atol=1e-2)
-    if fits:
-        perm = [int(np.nonzero(matrix[a])[0][0]) for a in range(3)]
-        signs = [int(matrix[a, perm[a]]) for a in range(3)]
-        for a in range(3):
-            size = label.shape[a]
-            fits = fits and pred.shape[perm[a]] == size
-            fits = fits and offset[a] == (0 if signs[a] > 0 else size - 1)
-    if not fits:
-        raise InputError(
-            f"{pred.path}: prediction grid ({'x'.join(map(str, pred.shape))} voxels, "
-            f"{pred.axcodes}, spacing {np.round(pred.spacing, 3).tolist()} mm) does not match the "
-            f"label {label.path} ({'x'.join(map(str, label.shape))}, {label.axcodes}, spacing "
-            f"{np.round(label.spacing, 3).tolist()} mm); expected the prediction on its image's "
-            "grid"
-        )
-    data = pred.data
-    if perm != [0, 1, 2] or min(signs) < 0:
-        data = np.transpose(data, perm)
-        flips = tuple(a for a in range(3) if signs[a] < 0)
-        data = np.flip(data, axis=flips) if flips else data
-    return data, matrix.astype(int), offset.astype(int)
+    return align_to(pred, label, what="prediction grid", against="the label ")
 
 
 def read_boxes_json(path: Path) -> dict:

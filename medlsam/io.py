@@ -36,8 +36,10 @@ from medlsam.volume import (  # noqa: F401  (re-exported: io is the public entry
     SITK_SUFFIXES,
     IndexMap,
     Volume,
+    align_to,
     case_name,
     check_hounsfield,  # noqa: F401 (re-exported)
+    label_on_image_grid,
     same_grid,
     to_las,
     validate_geometry,
@@ -183,6 +185,39 @@ def _load_nifti(path: Path) -> nib.Nifti1Image:
     return image
 
 
+def _describe_affine(affine: np.ndarray) -> str:
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    codes = "".join(nib.aff2axcodes(affine))
+    origin = ", ".join(f"{v:.1f}" for v in affine[:3, 3])
+    return f"{codes}, origin [{origin}] mm, spacing [{', '.join(f'{v:.2f}' for v in spacing)}] mm"
+
+
+def nifti_affine(path: Path, image: nib.Nifti1Image) -> np.ndarray:
+    """The voxel-to-world matrix of a NIfTI image, by nibabel's documented precedence.
+
+    nibabel uses the sform when ``sform_code > 0``, else the qform when ``qform_code > 0``,
+    else the spacing alone. Where both codes are set and the two matrices disagree, viewers
+    that read the qform (ITK-based ones) would place the volume elsewhere: one warning line
+    names both and says the sform is used. Every file medlsam writes has sform = qform.
+    """
+    header = image.header
+    if int(header["sform_code"]) > 0 and int(header["qform_code"]) > 0:
+        sform, qform = header.get_sform(), header.get_qform()
+        if not np.allclose(sform, qform, atol=1e-3):
+            apart = float(np.linalg.norm(sform[:3, 3] - qform[:3, 3]))
+            logger.warning(
+                "%s: sform and qform disagree (sform: %s; qform: %s; origins %.1f mm apart); "
+                "using the sform (nibabel's rule: sform_code %d > 0); outputs are written "
+                "with sform = qform = the sform",
+                path,
+                _describe_affine(sform),
+                _describe_affine(qform),
+                apart,
+                int(header["sform_code"]),
+            )
+    return np.asarray(image.affine, dtype=np.float64)
+
+
 def _header_shape(path: Path) -> tuple[int, ...] | None:
     """The shape stored in a file's header, read without loading voxels (None if unknown)."""
     lower = path.name.lower()
@@ -222,7 +257,7 @@ def _load_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if lower.endswith(NIFTI_SUFFIXES):
         image = _load_nifti(path)
         data = np.asanyarray(image.dataobj)
-        return data, np.asarray(image.affine, dtype=np.float64)
+        return data, nifti_affine(path, image)
     if lower.endswith(SITK_SUFFIXES) or not lower.endswith(KNOWN_SUFFIXES):
         return _sitk_to_volume(sitk.ReadImage(str(path)), path)
     raise InputError(f"{path}: unknown format")  # pragma: no cover
