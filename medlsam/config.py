@@ -29,7 +29,7 @@ from typing import Any
 
 from medlsam.errors import ConfigError
 from medlsam.ini import SectionReader, parse_value, read_raw, suggest, write_config_txt
-from medlsam.io import case_name, read_path_list
+from medlsam.io import case_names, read_path_list
 
 __all__ = [
     "BoxMode",
@@ -92,6 +92,11 @@ class DataConfig:
     seg_save_path: Path
     seg_png_save_path: Path | None
     prototypes: Path | None
+
+    @property
+    def query_cases(self) -> list[str]:
+        """The query case names, in list order (:func:`medlsam.io.case_names`)."""
+        return case_names(self.query_images)
 
 
 @dataclass(frozen=True)
@@ -355,17 +360,20 @@ def check_config_files(config: Config) -> None:
 
 
 def check_case_names(config: Config) -> list[str]:
-    """The query case names (file names without extension), refusing names used twice.
+    """The query case names (:func:`medlsam.io.case_names`), refusing names used twice.
 
-    Outputs are named after the case, so two queries with one name would overwrite each other.
+    A case is named after its file (a DICOM folder: after the folder); files that share a
+    name (``subject/ct.nii.gz`` layouts) take their parent folder's name. Outputs are named
+    after the case, so two queries with one name would overwrite each other.
     """
-    cases = [case_name(p) for p in config.data.query_images]
-    seen: set[str] = set()
-    for name in cases:
-        if name in seen:
+    cases = config.data.query_cases
+    first: dict[str, Path] = {}
+    for name, path in zip(cases, config.data.query_images):
+        if name in first:
             raise ConfigError(
-                f"{config.path}: query images share the case name {name!r}; their outputs "
-                "would overwrite each other"
+                f"{config.path}: query images {first[name]} and {path} share the case name "
+                f"{name!r} (file and parent folder names alike); their outputs would overwrite "
+                "each other"
             )
-        seen.add(name)
+        first[name] = path
     return cases

@@ -38,6 +38,7 @@ from medlsam.volume import (  # noqa: F401  (re-exported: io is the public entry
     Volume,
     align_to,
     case_name,
+    case_names,
     check_hounsfield,  # noqa: F401 (re-exported)
     label_on_image_grid,
     same_grid,
@@ -62,6 +63,8 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
     """Read a list file: one path a line; blank lines and lines starting with ``#`` are ignored.
 
+    A UTF-8 byte-order mark and Windows line ends (CRLF) are accepted.
+
     Relative paths are resolved (lexically, like a shell's ``cd``) against the folder of the list
     file itself, not the current working directory, so a data folder can be moved with its lists.
     """
@@ -71,7 +74,8 @@ def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
             f"{list_file}: list file not found (expected a text file, one path a line)"
         )
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (Windows editors) is not part of the first path
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as err:
         raise InputError(f"{list_file}: not a text file (expected one path a line)") from err
     paths = []

@@ -9,6 +9,8 @@ orientations. Reading and writing files is :mod:`medlsam.io`'s job.
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,21 @@ def case_name(path: str | os.PathLike[str]) -> str:
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def case_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Case names of a list of images (or label maps), one per path, in order.
+
+    Each is :func:`case_name` of the file (a DICOM folder: the folder's name), except where
+    several files share a name, as in ``subject/ct.nii.gz`` layouts: those take the name of
+    their parent folder (``s01/ct.nii.gz``, ``s02/ct.nii.gz`` -> ``s01``, ``s02``). Names that
+    still collide are left so; :func:`medlsam.config.check_case_names` refuses them.
+    """
+    names = [case_name(p) for p in paths]
+    counts = Counter(names)
+    return [
+        Path(p).parent.name or name if counts[name] > 1 else name for p, name in zip(paths, names)
+    ]
 
 
 @dataclass(frozen=True, eq=False)
