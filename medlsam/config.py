@@ -30,6 +30,7 @@ from typing import Any
 from medlsam.errors import ConfigError
 from medlsam.ini import SectionReader, parse_value, read_raw, suggest, write_config_txt
 from medlsam.io import case_names, read_path_list
+from medlsam.weights import demo_checkpoint, demo_settings, is_demo
 
 __all__ = [
     "BoxMode",
@@ -229,6 +230,12 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
     """
     path = Path(path)
     reader = SectionReader(path, read_raw(path), _KNOWN)
+    demo = is_demo(reader.get("weight", "medlam_load_path"))
+    if demo:  # the shipped checkpoint's own settings are the defaults; the config overrides
+        for section, values in demo_settings().items():
+            for key, value in values.items():
+                if reader.get(section, key) is None:
+                    reader.raw.setdefault(section, {})[key] = value
 
     fg = reader.get("data", "fg_class")
     if isinstance(fg, int) and not isinstance(fg, bool):
@@ -286,7 +293,7 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
 
     seg_save = reader.path_value("data", "seg_save_path") or path.parent / "result" / path.stem
     net_type = reader.choice("vit", "net_type", "vit_b", NET_TYPES)
-    medlam_path = reader.path_value("weight", "medlam_load_path")
+    medlam_path = demo_checkpoint() if demo else reader.path_value("weight", "medlam_load_path")
     vit_path = reader.path_value("weight", "vit_load_path")
     prototypes = reader.path_value("data", "prototypes")
     if lists["support_image_ls"] is None and prototypes is None:

@@ -20,6 +20,8 @@ RANKS = {
     "volume": 1,
     "io": 2,
     "ini": 3,
+    "weights": 3,
+    "download": 5,
     "config": 4,
     "boxes": 5,
     "png": 5,
@@ -47,7 +49,18 @@ RANKS = {
 }
 
 #: modules that must never import torch (names a user types are checked before models load)
-TORCH_FREE = {"errors", "volume", "io", "ini", "config", "boxes", "preprocess", "metrics"}
+TORCH_FREE = {
+    "errors",
+    "volume",
+    "io",
+    "ini",
+    "config",
+    "boxes",
+    "preprocess",
+    "metrics",
+    "weights",
+    "download",
+}
 
 
 def _group(module: str) -> str:
