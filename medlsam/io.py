@@ -131,21 +131,32 @@ def _sitk_to_volume(image: sitk.Image, path: Path) -> tuple[np.ndarray, np.ndarr
     return array, affine
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def dicom_series_files(folder: str | os.PathLike[str], warn: bool = False) -> list[str]:
+    """The files of the DICOM series medlsam reads from ``folder``, in slice order.
+
+    The largest series of the folder (``warn``: say so when there are several); file ``k``
+    is voxel slice ``k`` of the volume :func:`read_image` returns.
+    """
+    folder = Path(folder)
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise InputError(f"{folder}: no DICOM series found in this folder (expected CT slices)")
     files_by_series = {s: reader.GetGDCMSeriesFileNames(str(folder), s) for s in series}
     best = max(files_by_series, key=lambda s: len(files_by_series[s]))
-    if len(series) > 1:
+    if len(series) > 1 and warn:
         logger.warning(
             "%s: %d DICOM series found; reading the largest (%d files)",
             folder,
             len(series),
             len(files_by_series[best]),
         )
-    files = files_by_series[best]
+    return list(files_by_series[best])
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    files = dicom_series_files(folder, warn=True)
     probe = sitk.ImageFileReader()
     probe.SetFileName(files[0])
     probe.ReadImageInformation()
@@ -393,6 +404,21 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[st
     except OSError as err:
         raise OutputError(f"{path}: cannot write ({err.strerror or err})") from err
     return path
+
+
+def write_organ_masks(
+    mask: np.ndarray, like: Volume, stems: dict[int, str], folder: str | os.PathLike[str]
+) -> list[Path]:
+    """One binary NIfTI per organ, ``<folder>/<stem>.nii.gz`` (uint8 0/1, on ``like``'s grid).
+
+    Every organ of ``stems`` gets its file, empty where it was not predicted, as
+    TotalSegmentator writes its ``segmentations/`` folder.
+    """
+    folder = Path(folder)
+    return [
+        write_mask((mask == class_id).astype(np.uint8), like, folder / f"{stem}.nii.gz")
+        for class_id, stem in stems.items()
+    ]
 
 
 def write_mask(mask: np.ndarray, like: Volume, path: str | os.PathLike[str]) -> Path:

@@ -21,6 +21,8 @@ RANKS = {
     "io": 2,
     "ini": 3,
     "weights": 3,
+    "organs": 0,
+    "dicom_seg": 5,
     "download": 5,
     "config": 4,
     "boxes": 5,
