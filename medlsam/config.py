@@ -125,6 +125,8 @@ class RunConfig:
     seed: int = 2023
     device: str = "auto"
     use_gt_slice_threshold: bool = False
+    dicom_seg: bool = False  # also write <case>.seg.dcm for queries read from DICOM
+    organ_masks: bool = False  # also write <case>/<organ>.nii.gz, one binary map per organ
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,13 @@ _KNOWN: dict[str, dict[str, bool]] = {
     },
     "vit": {"net_type": False, "backend": False, "medsam_normalization": False, "overlap": False},
     "weight": {"medlam_load_path": False, "vit_load_path": False},
-    "run": {"seed": False, "device": False, "use_gt_slice_threshold": False},
+    "run": {
+        "seed": False,
+        "device": False,
+        "use_gt_slice_threshold": False,
+        "dicom_seg": False,
+        "organ_masks": False,
+    },
 }
 
 
@@ -337,6 +345,8 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
             seed=reader.int_value("run", "seed", 2023) or 0,
             device=reader.choice("run", "device", "auto", DEVICES),
             use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", False),
+            dicom_seg=reader.bool_value("run", "dicom_seg", False),
+            organ_masks=reader.bool_value("run", "organ_masks", False),
         ),
     )
     if check_files:
