@@ -91,6 +91,48 @@ def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
     return paths
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(KNOWN_SUFFIXES)
+    )
+
+
+def label_folder(folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """Label maps of a folder by case name (:func:`case_names`).
+
+    ``folder/<case>.nii.gz`` (any known suffix); where the folder holds no such file, one
+    label file per sub-folder, named after the sub-folder (``folder/<case>/seg.nii.gz``).
+    Two files of one case are an error naming both.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: label folder not found")
+    files = _image_files(folder)
+    names = case_names(files)
+    if not files:
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found = _image_files(sub)
+            if len(found) > 1:
+                raise InputError(
+                    f"{sub}: {len(found)} label files ({', '.join(p.name for p in found[:3])}); "
+                    "expected one label map per case folder"
+                )
+            files += found
+            names += [sub.name] * len(found)
+    if not files:
+        raise InputError(
+            f"{folder}: no label maps found (expected <case>.nii.gz files, or one per sub-folder)"
+        )
+    by_case: dict[str, Path] = {}
+    for case, path in zip(names, files):
+        if case in by_case:
+            raise InputError(f"{path}: case name {case!r} also names {by_case[case]}")
+        by_case[case] = path
+    return by_case
+
+
 def write_path_list(
     list_file: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]
 ) -> None:
