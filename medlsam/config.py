@@ -21,6 +21,7 @@ they are checked before any model loads.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ class DataConfig:
     seg_png_save_path: Path | None
     prototypes: Path | None
 
-    @property
+    @functools.cached_property
     def query_cases(self) -> list[str]:
         """The query case names, in list order (:func:`medlsam.io.case_names`)."""
         return case_names(self.query_images)

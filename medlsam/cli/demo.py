@@ -175,12 +175,10 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def _labels(cfg) -> dict[str, Path]:
-    from medlsam.io import case_name
-
     assert cfg.data.query_labels is not None
     return {
-        case_name(i): Path(lab)
-        for i, lab in zip(cfg.data.query_images, cfg.data.query_labels, strict=True)
+        case: Path(lab)
+        for case, lab in zip(cfg.data.query_cases, cfg.data.query_labels, strict=True)
     }
 
 

@@ -10,7 +10,8 @@
   of the image file, which is the prediction's grid).
 
 Status of an organ in a case: ``ok`` (in both), ``empty_prediction`` (in the reference only),
-``false_positive`` (in the prediction only), ``absent`` (in neither).
+``missing_prediction`` (in the reference, and the case has no prediction file: scored as an
+empty prediction), ``false_positive`` (in the prediction only), ``absent`` (in neither).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from medlsam.boxes import Box3D, box_iou
 from medlsam.errors import InputError
 from medlsam.evaluation import metrics
-from medlsam.io import KNOWN_SUFFIXES, Volume, case_name, read_label
+from medlsam.io import KNOWN_SUFFIXES, Volume, case_name, case_names, read_label
 from medlsam.records import SHARD_RECORD, read_record, record_files
 from medlsam.volume import align_to
 
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 OK = "ok"
 EMPTY_PREDICTION = "empty_prediction"
+MISSING_PREDICTION = "missing_prediction"  # no prediction file: scored as empty (DSC 0)
 FALSE_POSITIVE = "false_positive"
 ABSENT = "absent"
 
@@ -153,7 +155,8 @@ def inference_records(pred_dirs: Sequence[Path]) -> dict[str, dict]:
 
 
 def labels_by_case(labels: Sequence[Path], source: str | Path = "") -> dict[str, Path]:
-    """Reference label files by case name; duplicate names and missing files are errors.
+    """Reference label files by case name (:func:`medlsam.io.case_names`: the file's name, or
+    its folder's where file names collide); duplicate names and missing files are errors.
 
     ``source`` (the list file) is named in the error messages.
     """
@@ -165,8 +168,7 @@ def labels_by_case(labels: Sequence[Path], source: str | Path = "") -> dict[str,
             f"; and {len(missing) - 10} more" if len(missing) > 10 else ""
         )
         raise InputError(f"{where}{len(missing)} label file(s) not found: {shown}")
-    for path in labels:
-        case = case_name(path)
+    for case, path in zip(case_names(labels), labels):
         if case in by_case:
             raise InputError(
                 f"{path}: case name {case!r} also names {by_case[case]}; expected unique names"
@@ -229,11 +231,11 @@ def predicted_box(
     return Box3D.from_points(corners @ matrix.T + offset)
 
 
-def _status(gt_voxels: int, pred_voxels: int) -> str:
+def _status(gt_voxels: int, pred_voxels: int, no_file: bool = False) -> str:
     if gt_voxels and pred_voxels:
         return OK
     if gt_voxels:
-        return EMPTY_PREDICTION
+        return MISSING_PREDICTION if no_file else EMPTY_PREDICTION
     return FALSE_POSITIVE if pred_voxels else ABSENT
 
 
@@ -287,7 +289,7 @@ def score_case(job: CaseJob) -> list[OrganScore]:
             OrganScore(
                 job.case,
                 cls,
-                _status(m.gt_voxels, m.pred_voxels),
+                _status(m.gt_voxels, m.pred_voxels, job.prediction is None),
                 m.gt_voxels,
                 m.pred_voxels,
                 m.dsc,

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from medlsam.boxes import Box3D, OrganBoxes
 from medlsam.config import Config, check_case_names
 from medlsam.errors import ConfigError, InputError
-from medlsam.io import Volume, case_name, read_image, read_label, same_grid
+from medlsam.io import Volume, label_on_image_grid, read_image, read_label
 from medlsam.pipeline.loop import run_cases
 from medlsam.pipeline.outputs import outputs_complete, write_case
 from medlsam.pipeline.record import RunRecord, run_header
@@ -144,11 +144,8 @@ def run_case(
     needs_labels = boxes_from_labels or cfg.run.use_gt_slice_threshold
     if needs_labels and reference is None:
         raise InputError(f"{volume.path}: this mode needs the query's label map")
-    if reference is not None and not same_grid(volume, reference):
-        raise InputError(
-            f"{reference.path}: label grid {reference.shape} does not match its image "
-            f"{volume.path} {volume.shape}"
-        )
+    if reference is not None:  # the same grid, or its axes flipped/permuted: reoriented
+        reference = label_on_image_grid(reference, volume)
     began = time.perf_counter()
     if boxes_from_labels:
         assert reference is not None
@@ -224,7 +221,7 @@ class _Run:
 def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
     """Read, localize, segment and write query ``n``; returns its ``run.json`` entry."""
     cfg, data = job.cfg, job.cfg.data
-    case = case_name(data.query_images[n])
+    case = data.query_cases[n]
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     bar.set_postfix_str(f"{case}: read")
