@@ -58,11 +58,14 @@ class Volume:
             float32 Hounsfield units for CT images, an integer dtype for label maps.
         affine: ``(4, 4)`` float64, voxel ``(i, j, k, 1)`` -> world RAS+ millimetres.
         path: the file (or DICOM folder) it was read from, if any.
+        case: the case name, where it is not the file's (:func:`case_names`: a
+            ``subject/ct.nii.gz`` layout names the case after its folder).
     """
 
     data: np.ndarray
     affine: np.ndarray
     path: Path | None = None
+    case: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -80,6 +83,8 @@ class Volume:
 
     @property
     def name(self) -> str:
+        if self.case is not None:
+            return self.case
         return case_name(self.path) if self.path is not None else "volume"
 
     def to_world(self, ijk: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from conftest import ct_testdata_path
 
 from medlsam import io
 from medlsam.config import check_case_names, load_config
-from medlsam.errors import ConfigError
+from medlsam.errors import ConfigError, InputError
 
 CONFIG = """[data]
 support_image_ls = support_image.txt
@@ -117,3 +117,28 @@ def test_a_list_that_is_not_utf8_is_one_line(tmp_path):
     (tmp_path / "config.txt").write_bytes(b"[data]\nquery_image_ls = \xff\xfe\n")
     with pytest.raises(ConfigError, match="not a UTF-8 text file"):
         load_config(tmp_path / "config.txt")
+
+
+def test_label_folder_by_file_or_by_sub_folder(tmp_path):
+    seg = ct_testdata_path("totalsegmentator", "example_seg.nii.gz")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for case in ("case_01", "case_02"):
+        shutil.copy(seg, flat / f"{case}.nii.gz")
+    (flat / ".case_03.nii.gz.tmp").write_bytes(b"")  # hidden: an atomic write in progress
+    assert io.label_folder(flat) == {c: flat / f"{c}.nii.gz" for c in ("case_01", "case_02")}
+    nested = tmp_path / "nested"
+    for case in ("s01", "s02"):
+        (nested / case).mkdir(parents=True)
+        shutil.copy(seg, nested / case / "segmentation.nii.gz")
+    assert io.label_folder(nested) == {
+        c: nested / c / "segmentation.nii.gz" for c in ("s01", "s02")
+    }
+    shutil.copy(seg, nested / "s02" / "ct.nii.gz")
+    with pytest.raises(InputError, match="2 label files .* expected one label map per case"):
+        io.label_folder(nested)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no label maps found"):
+        io.label_folder(tmp_path / "empty")
+    with pytest.raises(InputError, match="label folder not found"):
+        io.label_folder(tmp_path / "absent")

@@ -11,8 +11,10 @@ the key is set); then writes ``<output>/<case>.boxes.json`` for every query (def
 reads it, both ends inclusive; ``*_mm`` values are world RAS+ millimetres.
 
 With ``query_label_ls``, the boxes are scored (see :mod:`~medlsam.evaluation.box_metrics`):
-``iou.txt`` and ``wd.txt`` in the published text format, plus ``box_metrics.csv`` and
-``box_metrics.json``. A query that fails is reported and the others go on; the exit code is then 1.
+``iou.txt`` and ``wd.txt`` in the published layout (one ``MedLAM box IoU for class <k>: mean
++- std`` line per class; the published files called these MedLAM boxes "MedSAM IOU"), plus
+``box_metrics.csv`` and ``box_metrics.json``. A query that fails is reported and the others
+go on; the exit code is then 1.
 """
 
 from __future__ import annotations
