@@ -44,3 +44,10 @@ def test_a_path_keeps_the_published_defaults(tmp_path):
     config = _config(tmp_path, weight=str(demo_checkpoint()))
     assert config.data.rdr_steps == 1
     assert config.data.feature_scale_ls == ("feature0", "feature1", "feature2")
+
+
+def test_medlsam_demo_uses_the_stored_settings():
+    from medlsam.cli.demo import DEMO_RDR_STEPS, DEMO_SCALES
+
+    stored = demo_settings()["data"]
+    assert list(DEMO_SCALES) == stored["feature_scale_ls"] and DEMO_RDR_STEPS == stored["rdr_steps"]
