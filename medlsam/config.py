@@ -67,6 +67,9 @@ FEATURE_SCALES: tuple[str, ...] = ("feature0", "feature1", "feature2")
 MEDSAM_NORMALIZATIONS: tuple[str, ...] = ("imagenet", "unit")
 OVERLAP_RULES: tuple[str, ...] = ("score", "later")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: ``[vit] precision`` and ``[run] medlam_precision`` (CUDA only; the CPU runs fp32)
+SAM_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+MEDLAM_PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class VitConfig:
     backend: str
     medsam_normalization: str
     overlap: str
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class RunConfig:
     seed: int = 2023
     device: str = "auto"
     use_gt_slice_threshold: bool = False
+    medlam_precision: str = "fp16"
 
 
 @dataclass(frozen=True)
@@ -160,9 +165,20 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "seg_png_save_path": False,
         "prototypes": False,
     },
-    "vit": {"net_type": False, "backend": False, "medsam_normalization": False, "overlap": False},
+    "vit": {
+        "net_type": False,
+        "backend": False,
+        "medsam_normalization": False,
+        "overlap": False,
+        "precision": False,
+    },
     "weight": {"medlam_load_path": False, "vit_load_path": False},
-    "run": {"seed": False, "device": False, "use_gt_slice_threshold": False},
+    "run": {
+        "seed": False,
+        "device": False,
+        "use_gt_slice_threshold": False,
+        "medlam_precision": False,
+    },
 }
 
 
@@ -319,12 +335,14 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
                 "vit", "medsam_normalization", "imagenet", MEDSAM_NORMALIZATIONS
             ),
             overlap=reader.choice("vit", "overlap", "score", OVERLAP_RULES),
+            precision=reader.choice("vit", "precision", "fp32", SAM_PRECISIONS),
         ),
         weight=WeightConfig(medlam_load_path=medlam_path, vit_load_path=vit_path),
         run=RunConfig(
             seed=reader.int_value("run", "seed", 2023) or 0,
             device=reader.choice("run", "device", "auto", DEVICES),
             use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", False),
+            medlam_precision=reader.choice("run", "medlam_precision", "fp16", MEDLAM_PRECISIONS),
         ),
     )
     if check_files:

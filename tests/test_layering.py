@@ -26,6 +26,7 @@ RANKS = {
     "run_files": 5,
     "preprocess": 6,
     "checkpoint": 6,
+    "devices": 6,
     "medlam": 7,
     "matching": 8,
     "prototypes": 9,

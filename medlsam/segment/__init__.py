@@ -66,13 +66,13 @@ def build_segmenter(
     """Build the backend named by ``vit.backend`` (and fit it when supports are given).
 
     Args:
-        vit: the ``[vit]`` section (backend, MedSAM normalisation).
+        vit: the ``[vit]`` section (backend, MedSAM normalisation, precision on CUDA).
         checkpoint: ``[weight] vit_load_path`` (ignored by ``classic``).
         device: where a network runs.
         supports, classes: support ``(image, label)`` pairs and organ ids; when given,
             :meth:`BoxSegmenter.fit` is called (the ``classic`` backend needs it).
-        options: passed to the builder (for SAM: ``batch_size``, ``autocast_dtype``,
-            ``workers``).
+        options: passed to the builder (for SAM: ``batch_size``, ``precision``,
+            ``workers``, ``worker_kind``).
 
     Raises:
         ConfigError: unknown backend name.
@@ -85,6 +85,8 @@ def build_segmenter(
         )
     if vit.backend.startswith("medsam"):
         options = {"normalization": vit.medsam_normalization, **options}
+    if vit.backend != "classic":
+        options = {"precision": vit.precision, **options}
     segmenter = builder(Path(checkpoint) if checkpoint is not None else None, device, **options)
     if supports is not None:
         segmenter.fit(supports, list(classes or ()))

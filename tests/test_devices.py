@@ -1,0 +1,89 @@
+"""Devices, precisions and CUDA-honest timing (CPU tests; CUDA mocked where it is asked for)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medlsam import devices
+from medlsam.errors import ConfigError
+
+
+def test_cpu_always_runs_fp32_and_published_forces_the_published_precisions():
+    assert devices.effective("bf16", "cpu") == "fp32"
+    assert devices.effective("fp16", torch.device("cpu")) == "fp32"
+    assert devices.run_precisions("bf16", "fp32", "cpu").as_dict() == {
+        "sam_precision": "fp32",
+        "medlam_precision": "fp32",
+    }
+    with pytest.raises(ValueError, match="precision"):
+        devices.effective("fp8", "cpu")
+
+
+def test_precisions_on_cuda_follow_the_request_or_the_published_ones(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    asked = devices.run_precisions("bf16", "fp32", "cuda")
+    assert (asked.sam, asked.medlam) == ("bf16", "fp32")
+    forced = devices.run_precisions("bf16", "fp32", "cuda", reproduce="published")
+    assert (forced.sam, forced.medlam) == ("fp32", "fp16")
+    assert devices.autocast_dtype("fp16") is torch.float16 and devices.autocast_dtype("fp32") is None
+
+
+def test_bf16_on_a_gpu_without_it_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Old GPU")
+    with pytest.raises(ConfigError, match="Old GPU has no bfloat16"):
+        devices.effective("bf16", "cuda")
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "expected"),
+    [("cuda", 2, "cuda"), ("cuda:1", 2, "cuda:1"), ("cpu", 0, "cpu")],
+)
+def test_resolve_device_accepts_devices_that_exist(monkeypatch, name, count, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    assert devices.resolve_device(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "message"),
+    [
+        ("cuda:2", 2, "shows 2 CUDA device(s), cuda:0 to cuda:1"),
+        ("cuda", 0, "CUDA is not available"),
+        ("cuda:x", 1, "expected auto, cpu, cuda or cuda:N"),
+        ("gpu", 1, "expected auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_resolve_device_refuses_missing_devices_in_one_line(monkeypatch, name, count, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(ConfigError) as err:
+        devices.resolve_device(name)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert repr(name) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("local_rank", "count", "expected"),
+    [(0, 4, 0), (3, 4, 3), (5, 1, 0), (1, 1, 0)],  # 1 visible: one GPU per task
+)
+def test_rank_cuda_index(local_rank, count, expected):
+    assert devices.rank_cuda_index(local_rank, count) == expected
+
+
+@pytest.mark.parametrize(("local_rank", "count"), [(4, 4), (0, 0)])
+def test_rank_cuda_index_refuses_impossible_layouts(local_rank, count):
+    with pytest.raises(ConfigError):
+        devices.rank_cuda_index(local_rank, count)
+
+
+def test_stopwatch_synchronises_cuda_at_both_ends(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    with devices.Stopwatch("cuda:0") as clock:
+        assert len(calls) == 1  # before the clock starts
+    assert len(calls) == 2 and clock.seconds >= 0
+    with devices.Stopwatch("cpu"):
+        pass
+    assert len(calls) == 2
