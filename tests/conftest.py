@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,12 @@ import torch
 from medlsam.io import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# MEDLSAM_TF32=1/0 switches TF32 matmuls and convolutions on/off for the CUDA tests
+# (scripts/gpu_check.sh runs them both ways); unset leaves torch's defaults.
+if os.environ.get("MEDLSAM_TF32") in ("0", "1"):
+    torch.backends.cuda.matmul.allow_tf32 = os.environ["MEDLSAM_TF32"] == "1"
+    torch.backends.cudnn.allow_tf32 = os.environ["MEDLSAM_TF32"] == "1"
 CT_TESTDATA = ROOT.parent / "shared" / "ct_testdata"
 
 #: All 48 axis orientations as (permutation, flips).
