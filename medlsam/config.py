@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +348,29 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
     if check_files:
         check_config_files(config)
     return config
+
+
+#: the published numerics (method.md 1.2 and 4): SAM in fp32, MedLAM under fp16 autocast
+PUBLISHED_PRECISION: Mapping[str, str] = {"sam": "fp32", "medlam": "fp16"}
+
+
+def with_precision(config: Config, sam: str | None = None, medlam: str | None = None) -> Config:
+    """``config`` with ``[vit] precision`` and/or ``[run] medlam_precision`` replaced (the CLI's
+    ``--sam-precision`` / ``--medlam-precision``); None keeps the config's value."""
+    if sam is not None and sam not in SAM_PRECISIONS:
+        raise ConfigError(f"SAM precision {sam!r}: expected one of {', '.join(SAM_PRECISIONS)}")
+    if medlam is not None and medlam not in MEDLAM_PRECISIONS:
+        raise ConfigError(
+            f"MedLAM precision {medlam!r}: expected one of {', '.join(MEDLAM_PRECISIONS)}"
+        )
+    vit = config.vit if sam is None else replace(config.vit, precision=sam)
+    run = config.run if medlam is None else replace(config.run, medlam_precision=medlam)
+    return replace(config, vit=vit, run=run)
+
+
+def published_precision(config: Config) -> Config:
+    """``config`` with the published precisions forced (``[run] reproduce = published``)."""
+    return with_precision(config, PUBLISHED_PRECISION["sam"], PUBLISHED_PRECISION["medlam"])
 
 
 def check_config_files(config: Config) -> None:

@@ -26,11 +26,13 @@ from dataclasses import dataclass
 
 import torch
 
-from medlsam.config import MEDLAM_PRECISIONS, SAM_PRECISIONS  # noqa: F401 (re-exported)
+from medlsam.config import (  # noqa: F401 (re-exported)
+    MEDLAM_PRECISIONS,
+    PUBLISHED_PRECISION,
+    SAM_PRECISIONS,
+)
 from medlsam.errors import ConfigError
 
-#: the published numerics (method.md 1.2 and 4): SAM in fp32, MedLAM under fp16 autocast
-PUBLISHED_PRECISION: Mapping[str, str] = {"sam": "fp32", "medlam": "fp16"}
 _DTYPES: Mapping[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,

@@ -70,14 +70,17 @@ class Context:
     def run(self, args: list[str], timeout: float, env: dict | None = None) -> str:
         """Run a command (its output returned); a non-zero exit raises with its last line."""
         timeout = min(timeout, max(5.0, self.left()))
-        done = subprocess.run(
-            args,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        )
+        try:
+            done = subprocess.run(
+                args,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            )
+        except subprocess.TimeoutExpired as err:
+            raise RuntimeError(f"{' '.join(args[1:4])}: timed out after {timeout:.0f} s") from err
         out = done.stdout + done.stderr
         if done.returncode != 0:
             last = [line for line in out.strip().splitlines() if line.strip()][-1:] or ["?"]
@@ -122,14 +125,14 @@ def _sam_model(tiny: bool):
     if tiny:
         from infer_helpers import tiny_sam
 
-        return tiny_sam(global_attn=True)
+        return tiny_sam()  # windowed attention only: seconds on a CPU
     return sam_model_registry["vit_b"]()  # random weights, built the normal way
 
 
 def check_sam(ctx: Context) -> str:
     from medlsam.segment import SamSegmenter
 
-    model, slices = _sam_model(ctx.tiny), 2 if ctx.tiny else 8
+    model, slices = _sam_model(ctx.tiny), 1 if ctx.tiny else 8
     images = np.random.default_rng(0).integers(0, 256, (slices, 1024, 1024, 3), dtype=np.uint8)
     emb, parts = {}, []
     for encoder in ("fast", "stock"):
@@ -231,7 +234,7 @@ ORGANS = {1: "liver", 2: "spleen", 4: "kidney_left"}
 def make_cohort(ctx: Context) -> Path:
     out = ctx.work / "cohort"
     if not (out / "config.txt").is_file():
-        shape = ["64", "64", "40"] if ctx.tiny else ["96", "96", "60"]
+        shape = ["48", "48", "32"] if ctx.tiny else ["96", "96", "60"]
         demo = ROOT / "medlsam" / "data" / "medlam_demo.pth"
         ctx.run(
             [
@@ -257,8 +260,9 @@ def make_cohort(ctx: Context) -> Path:
     return out
 
 
-def write_config(cohort: Path, name: str, sam_checkpoint: Path | None) -> Path:
-    """A copy of the cohort's config with fewer organs and, given a checkpoint, SAM ViT-B."""
+def write_config(cohort: Path, name: str, sam_checkpoint: Path | None, tiny: bool = False) -> Path:
+    """A copy of the cohort's config with fewer organs and, given a checkpoint, SAM ViT-B
+    (``tiny``: MSS on the coarsest feature scale only)."""
     lines = []
     for line in (cohort / "config.txt").read_text().splitlines():
         key = line.split("=")[0].strip()
@@ -266,6 +270,8 @@ def write_config(cohort: Path, name: str, sam_checkpoint: Path | None) -> Path:
             line = f"fg_class = [{', '.join(str(c) for c in ORGANS)}]"
         elif key == "fg_class_name":
             line = f"fg_class_name = [{', '.join(ORGANS.values())}]"
+        elif key == "feature_scale_ls" and tiny:
+            line = "feature_scale_ls = [feature0]"
         elif key == "backend" and sam_checkpoint is not None:
             line = "backend = sam_vit_b"
         lines.append(line)
@@ -305,7 +311,7 @@ def differences(a: Path, b: Path) -> tuple[int, int, float]:
 
 
 def check_localize(ctx: Context) -> str:
-    config = write_config(make_cohort(ctx), "localize", None)
+    config = write_config(make_cohort(ctx), "localize", None, ctx.tiny)
     runs = {}
     for name, device in (("a", ctx.device), ("b", ctx.device), ("cpu", "cpu")):
         if name == "cpu" and not ctx.cuda:
@@ -347,7 +353,7 @@ def random_sam_checkpoint(ctx: Context) -> Path | None:
 
 
 def check_infer(ctx: Context) -> str:
-    config = write_config(make_cohort(ctx), "infer", random_sam_checkpoint(ctx))
+    config = write_config(make_cohort(ctx), "infer", random_sam_checkpoint(ctx), ctx.tiny)
     variants = [("a", ctx.device, []), ("b", ctx.device, [])]
     if ctx.cuda:
         variants += [
@@ -499,7 +505,7 @@ def check_benchmark(ctx: Context) -> str:
 def check_overlap(ctx: Context) -> str:
     out = ctx.work / "overlap.json"
     size = (
-        ["--slices", "4", "--batch", "2", "--workers", "2"]
+        ["--slices", "4", "--batch", "2", "--workers", "2", "--kinds", "thread"]
         if ctx.tiny
         else ["--slices", "48", "--batch", "8", "--workers", "1", "4"]
     )

@@ -74,7 +74,7 @@ def measure(args: argparse.Namespace) -> dict:
     with torch.device("meta"):
         model = sam_model_registry["vit_b"]().to_empty(device="cpu")  # never run: no init
     rows = []
-    for kind in ("thread", "process"):
+    for kind in args.kinds:
         for workers in args.workers:
             seg = StandInEncoder(
                 model,
@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--encoder-ms", type=float, default=40.0, help="stand-in encoder ms per slice")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--kinds", nargs="+", default=["thread", "process"])
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -26,7 +26,9 @@ def test_precisions_on_cuda_follow_the_request_or_the_published_ones(monkeypatch
     assert (asked.sam, asked.medlam) == ("bf16", "fp32")
     forced = devices.run_precisions("bf16", "fp32", "cuda", reproduce="published")
     assert (forced.sam, forced.medlam) == ("fp32", "fp16")
-    assert devices.autocast_dtype("fp16") is torch.float16 and devices.autocast_dtype("fp32") is None
+    assert (
+        devices.autocast_dtype("fp16") is torch.float16 and devices.autocast_dtype("fp32") is None
+    )
 
 
 def test_bf16_on_a_gpu_without_it_is_one_line(monkeypatch):
