@@ -176,8 +176,8 @@ def check_sam(ctx: Context) -> str:
 
 
 def check_medlam(ctx: Context) -> str:
-    from medlsam.matching import mss_offsets, similarity_map
-    from medlsam.medlam import FEATURE_NAMES, MedLAM
+    from medlsam.localization.matching import mss_offsets, similarity_map
+    from medlsam.localization.network import FEATURE_NAMES, MedLAM
 
     torch.manual_seed(0)
     width, batch = (2, 2) if ctx.tiny else (24, 16)
@@ -422,14 +422,14 @@ num_workers = {workers}
 def _trainer(config, name: str, device: str, **changes):
     from dataclasses import replace
 
-    from medlsam.train import Trainer
+    from medlsam.train.trainer import Trainer
 
     folder = config.model_save_name.parent.parent / name
     return Trainer(replace(config, model_save_name=folder / "MedLAM", **changes), device)
 
 
 def check_train(ctx: Context) -> str:
-    from medlsam.train import load_train_config
+    from medlsam.train.config import load_train_config
 
     folder = ctx.work / "train"
     folder.mkdir(parents=True, exist_ok=True)
