@@ -116,9 +116,10 @@ def resolve_device(name: str) -> str:
         )
     count = torch.cuda.device_count()
     if index is not None and index >= count:
+        there = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
         raise ConfigError(
-            f"device {name!r}: this machine shows {count} CUDA device(s), cuda:0 to "
-            f"cuda:{count - 1} (check CUDA_VISIBLE_DEVICES)"
+            f"device {name!r}: this machine shows {count} CUDA device(s), {there} "
+            "(check CUDA_VISIBLE_DEVICES)"
         )
     return name
 

@@ -403,6 +403,7 @@ batch_size = 4
 distance_ratio = [1500, 600, 600]
 valid_pairs = 4
 interpolation = linear
+num_workers = {workers}
 [network]
 base_feature_number = {width}
 drop_rate = 0.2
@@ -415,7 +416,6 @@ random_seed = 2023
 model_save_name = run/MedLAM
 mss_scales = [feature0, feature1, feature2]
 mss_anchors = 8
-num_workers = {workers}
 """
 
 
