@@ -284,9 +284,15 @@ class Localizer:
 
     def load_prototypes(self, path: str | Path, classes: Sequence[int] | None = None) -> Prototypes:
         """Load prototypes made with this model's checkpoint and settings (else InputError)."""
-        protos = Prototypes.load(path)
+        return self.use_prototypes(Prototypes.load(path), path, classes)
+
+    def use_prototypes(
+        self, protos: Prototypes, source: str | Path, classes: Sequence[int] | None = None
+    ) -> Prototypes:
+        """Use ``protos`` (from ``source``) if made with this model, settings and numerics
+        (else InputError), keeping only ``classes`` when given."""
         protos.check_compatible(
-            path,
+            source,
             self.fingerprint,
             list(classes) if classes is not None else list(protos.classes),
             self.mode,

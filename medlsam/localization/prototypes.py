@@ -222,9 +222,13 @@ class Prototypes:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write one file (``torch.save`` of plain tensors, lists and strings), atomically."""
-        import io as _io
-
         from medlsam.io import atomic_write_bytes
+
+        return atomic_write_bytes(path, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The content of a prototypes file (what :meth:`save` writes)."""
+        import io as _io
 
         payload = {
             "format": PROTOTYPES_FORMAT,
@@ -249,7 +253,7 @@ class Prototypes:
         }
         buffer = _io.BytesIO()
         torch.save(payload, buffer)
-        return atomic_write_bytes(path, buffer.getvalue())
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Prototypes:
@@ -261,8 +265,15 @@ class Prototypes:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: prototypes file not found")
+        return cls.from_bytes(path.read_bytes(), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str | os.PathLike[str] = "prototypes") -> Prototypes:
+        """Prototypes from the content of a file (``path`` names it in errors)."""
+        import io as _io
+
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:  # torch.load raises many unrelated types on damaged files
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
             raise InputError(f"{path}: cannot read prototypes file ({first})") from err
