@@ -373,6 +373,29 @@ def published_precision(config: Config) -> Config:
     return with_precision(config, PUBLISHED_PRECISION["sam"], PUBLISHED_PRECISION["medlam"])
 
 
+def force_reproduce(config: Config) -> Config:
+    """``config`` with the published precisions forced when ``[run] reproduce = published``
+    (a warning names any precision asked for that this overrides); else ``config``."""
+    if getattr(config.run, "reproduce", "none") != "published":
+        return config
+    forced = published_precision(config)
+    changed = [
+        f"{key} {old} -> {new}"
+        for key, old, new in (
+            ("[vit] precision", config.vit.precision, forced.vit.precision),
+            ("[run] medlam_precision", config.run.medlam_precision, forced.run.medlam_precision),
+        )
+        if old != new
+    ]
+    if changed:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "reproduce = published forces the published precisions: %s", ", ".join(changed)
+        )
+    return forced
+
+
 def check_config_files(config: Config) -> None:
     """Raise one :class:`ConfigError` listing every image, label or checkpoint that is missing."""
     data = config.data

@@ -89,3 +89,46 @@ def test_stopwatch_synchronises_cuda_at_both_ends(monkeypatch):
     with devices.Stopwatch("cpu"):
         pass
     assert len(calls) == 2
+
+
+def test_config_precision_keys_flags_and_published_forcing(tmp_path, caplog):
+    from dataclasses import dataclass, replace
+
+    from medlsam.config import (
+        RunConfig,
+        force_reproduce,
+        load_config,
+        published_precision,
+        with_precision,
+    )
+
+    (tmp_path / "q.txt").write_text("q.nii.gz\n")
+    text = "[data]\nquery_image_ls = q.txt\nfg_class = [1]\nprototypes = p.pt\n"
+    (tmp_path / "a.txt").write_text(text)
+    cfg = load_config(tmp_path / "a.txt", check_files=False)
+    assert (cfg.vit.precision, cfg.run.medlam_precision) == ("fp32", "fp16")  # published
+    (tmp_path / "b.txt").write_text(
+        text + "[vit]\nprecision = bf16\n[run]\nmedlam_precision = fp32\n"
+    )
+    asked = load_config(tmp_path / "b.txt", check_files=False)
+    assert (asked.vit.precision, asked.run.medlam_precision) == ("bf16", "fp32")
+    (tmp_path / "c.txt").write_text(text + "[vit]\nprecision = fp8\n")
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(tmp_path / "c.txt", check_files=False)
+    flagged = with_precision(cfg, sam="fp16")
+    assert (flagged.vit.precision, flagged.run.medlam_precision) == ("fp16", "fp16")
+    with pytest.raises(ConfigError, match="MedLAM precision 'bf16'"):
+        with_precision(cfg, medlam="bf16")
+    forced = published_precision(asked)
+    assert (forced.vit.precision, forced.run.medlam_precision) == ("fp32", "fp16")
+    assert force_reproduce(asked) is asked  # no [run] reproduce: nothing forced
+
+    @dataclass(frozen=True)
+    class Reproducing(RunConfig):
+        reproduce: str = "published"
+
+    published = replace(asked, run=Reproducing(**vars(asked.run)))
+    with caplog.at_level("WARNING"):
+        again = force_reproduce(published)
+    assert (again.vit.precision, again.run.medlam_precision) == ("fp32", "fp16")
+    assert "[vit] precision bf16 -> fp32" in caplog.text

@@ -53,7 +53,12 @@ def _body(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from medlsam.boxes import boxes_json
-    from medlsam.config import check_case_names, load_config, with_precision
+    from medlsam.config import (
+        check_case_names,
+        force_reproduce,
+        load_config,
+        with_precision,
+    )
     from medlsam.evaluation.box_metrics import score_organ, summarize, write_reports
     from medlsam.io import atomic_write_text, read_image, read_label, same_grid
     from medlsam.pipeline.setup import (
@@ -63,7 +68,7 @@ def _body(args: argparse.Namespace) -> int:
         supports_loader,
     )
 
-    config = with_precision(load_config(args.config), medlam=args.medlam_precision)
+    config = force_reproduce(with_precision(load_config(args.config), medlam=args.medlam_precision))
     data = config.data
     cases = check_case_names(config)
     device = resolve_device(args.device or config.run.device)

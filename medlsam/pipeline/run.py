@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medlsam.boxes import Box3D, OrganBoxes
-from medlsam.config import Config, check_case_names
+from medlsam.config import Config, check_case_names, force_reproduce
 from medlsam.errors import ConfigError, InputError
 from medlsam.io import Volume, case_name, read_image, read_label, same_grid
 from medlsam.pipeline.loop import run_cases
@@ -302,6 +302,7 @@ def run(
     has a case left (under ``torchrun`` every rank must take part:
     :mod:`medlsam.pipeline.distributed`).
     """
+    cfg = force_reproduce(cfg)
     data = cfg.data
     shard = shard or Shard()
     cases = check_case_names(cfg)
