@@ -262,7 +262,7 @@ def make_cohort(ctx: Context) -> Path:
 
 def write_config(cohort: Path, name: str, sam_checkpoint: Path | None, tiny: bool = False) -> Path:
     """A copy of the cohort's config with fewer organs and, given a checkpoint, SAM ViT-B
-    (``tiny``: MSS on the coarsest feature scale only)."""
+    (``tiny``: WPL boxes, MSS on the coarsest feature scale only)."""
     lines = []
     for line in (cohort / "config.txt").read_text().splitlines():
         key = line.split("=")[0].strip()
@@ -272,6 +272,10 @@ def write_config(cohort: Path, name: str, sam_checkpoint: Path | None, tiny: boo
             line = f"fg_class_name = [{', '.join(ORGANS.values())}]"
         elif key == "feature_scale_ls" and tiny:
             line = "feature_scale_ls = [feature0]"
+        elif key == "bbox_mode" and tiny:
+            line = "bbox_mode = WPL"
+        elif key == "slice_interval" and tiny:
+            line = "slice_interval = False"
         elif key == "backend" and sam_checkpoint is not None:
             line = "backend = sam_vit_b"
         lines.append(line)
