@@ -403,7 +403,7 @@ def check_infer(ctx: Context) -> str:
 TRAIN_CONFIG = """[data]
 train_image_list = train.txt
 iter_num = {steps}
-batch_size = 4
+batch_size = {batch}
 distance_ratio = [1500, 600, 600]
 valid_pairs = 4
 interpolation = linear
@@ -418,8 +418,9 @@ print_step = 5
 save_every = {steps}
 random_seed = 2023
 model_save_name = run/MedLAM
-mss_scales = [feature0, feature1, feature2]
+mss_scales = {scales}
 mss_anchors = 8
+freeze_first_stage = {freeze}
 """
 
 
@@ -439,11 +440,18 @@ def check_train(ctx: Context) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     images = sorted((make_cohort(ctx) / "images").glob("*.nii.gz"))
     (folder / "train.txt").write_text("".join(f"{p}\n" for p in images))
-    width, steps = (2, 4) if ctx.tiny else (24, 30)
-    workers = 0 if ctx.tiny else 4
-    (folder / "train.cfg").write_text(
-        TRAIN_CONFIG.format(steps=steps, width=width, workers=workers)
+    # --tiny: width 2, 4 steps of batch 2, MSS on the coarsest scale, first stage frozen
+    tiny = ctx.tiny
+    width, steps = (2, 4) if tiny else (24, 30)
+    text = TRAIN_CONFIG.format(
+        steps=steps,
+        width=width,
+        batch=2 if tiny else 4,
+        workers=0 if tiny else 4,
+        scales="[feature0]" if tiny else "[feature0, feature1, feature2]",
+        freeze=tiny,
     )
+    (folder / "train.cfg").write_text(text)
     config = load_train_config(folder / "train.cfg")
     if ctx.cuda:  # the comparison below is of resuming, not of kernel non-determinism
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
