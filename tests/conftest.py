@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if os.environ.get("MEDLSAM_TF32") in ("0", "1"):
     torch.backends.cuda.matmul.allow_tf32 = os.environ["MEDLSAM_TF32"] == "1"
     torch.backends.cudnn.allow_tf32 = os.environ["MEDLSAM_TF32"] == "1"
-CT_TESTDATA = ROOT.parent / "shared" / "ct_testdata"
+#: ``MEDLSAM_CT_TESTDATA`` points elsewhere (a checkout that is not beside ``shared/``).
+CT_TESTDATA = Path(os.environ.get("MEDLSAM_CT_TESTDATA") or ROOT.parent / "shared" / "ct_testdata")
 
 #: All 48 axis orientations as (permutation, flips).
 ORIENTATIONS = [

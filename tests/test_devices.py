@@ -115,6 +115,11 @@ def test_config_precision_keys_flags_and_published_forcing(tmp_path, caplog):
     (tmp_path / "c.txt").write_text(text + "[vit]\nprecision = fp8\n")
     with pytest.raises(ConfigError, match="precision"):
         load_config(tmp_path / "c.txt", check_files=False)
+    (tmp_path / "d.txt").write_text(text + "[run]\ndevice = cuda:1\n")
+    assert load_config(tmp_path / "d.txt", check_files=False).run.device == "cuda:1"
+    (tmp_path / "e.txt").write_text(text + "[run]\ndevice = gpu1\n")
+    with pytest.raises(ConfigError, match="cuda:N"):
+        load_config(tmp_path / "e.txt", check_files=False)
     flagged = with_precision(cfg, sam="fp16")
     assert (flagged.vit.precision, flagged.run.medlam_precision) == ("fp16", "fp16")
     with pytest.raises(ConfigError, match="MedLAM precision 'bf16'"):
