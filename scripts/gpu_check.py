@@ -463,7 +463,7 @@ def check_train(ctx: Context) -> str:
     resumed.resume(part.paths["state"])
     resumed.fit(steps=steps, progress=False)
     diff = max(
-        float((a - b).abs().max())
+        float((a.detach() - b.detach()).abs().max())
         for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True)
     )
     timing = getattr(straight, "timing", {})
