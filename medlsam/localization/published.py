@@ -8,6 +8,8 @@ something else by default (the README's table of departures lists them all):
   centres per query in list order, each three scalar ``randint(s // 2 - 10, s // 2 + 10)`` draws
   in the axis order of the padded 3 mm array, drawn again while the centre voxel is air; never
   re-seeded between queries;
+* :func:`published_label`: support labels resampled to 3 mm by trilinear interpolation of
+  their one-hot channels and argmax (method.md 1.1 step 4);
 * :func:`published_zoom`, :func:`published_file_points`: the 3 mm grid back to the file's
   voxels through ``1 / zoom_factor`` and rounding (method.md 4.7), not the exact grid ratio.
 
@@ -28,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from medlsam.errors import InputError
-from medlsam.io import Volume, to_las
-from medlsam.preprocess import MEDLAM_SPACING, MedlamInput
+from medlsam.io import Volume, read_image, to_las
+from medlsam.preprocess import MEDLAM_SPACING, MedlamInput, medlam_image, pad
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,11 @@ def draw_start_centres(
                 break
         centres[row] = centre
     return centres
+
+
+def padded_query(path: str | Path) -> np.ndarray:
+    """A query file's padded 3 mm MedLAM array as the published code makes it (for replays)."""
+    return pad(medlam_image(read_image(path), "published").array)
 
 
 def _key(path: str | Path | None) -> str | None:
