@@ -267,8 +267,13 @@ class Localizer:
             feature_scales=self.feature_scales,
             checkpoint_sha256=self.fingerprint,
             base_chns=int(getattr(self.model, "base_chns", 0)),
+            meta={"label_resampling": self._label_resampling},
         )
         return self.prototypes
+
+    @property
+    def _label_resampling(self) -> str:
+        return "published" if self.published else "medlsam"
 
     def _support_features(
         self, padded: np.ndarray, points: np.ndarray
@@ -302,6 +307,13 @@ class Localizer:
             self.slice_interval,
             self.feature_scales,
         )
+        made = protos.meta.get("label_resampling", "medlsam")
+        if made != self._label_resampling:
+            raise InputError(
+                f"{path}: prototypes were made with the {made} support-label resampling, not "
+                f"the {self._label_resampling} one this run uses ([run] reproduce); rebuild "
+                "them from the support scans"
+            )
         if classes is not None:
             protos.classes = {int(c): protos.classes[int(c)] for c in classes}
         self.prototypes = protos

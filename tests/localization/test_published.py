@@ -171,3 +171,38 @@ def test_published_back_mapping_rounds_at_the_file_resolution():
     assert ijk[1].tolist() == [shape[0] - 1, 0, 0]
     # medlsam's exact grid ratio differs here: (I - 1) / (n_out - 1) = 199 / 52, not 3.75
     assert not np.allclose(grid.to_file_index(points[:1]), ijk[:1])
+
+
+def test_prototypes_made_in_one_mode_are_refused_in_the_other(tmp_path, tiny_ct):
+    from medlsam.localization.localizer import Localizer
+    from medlsam.localization.network import MedLAM
+
+    torch.manual_seed(0)
+    model = MedLAM(2).eval()
+    image, label = tiny_ct
+    default = Localizer(model, feature_scales=())
+    default.fit([(image, label)], [1, 2])
+    path = default.save_prototypes(tmp_path / "p.pt")
+    Localizer(model, feature_scales=()).load_prototypes(path)  # same mode: accepted
+    with pytest.raises(InputError, match="medlsam support-label resampling, not the published"):
+        Localizer(model, feature_scales=(), published=True).load_prototypes(path)
+
+
+def test_a_two_query_run_continues_the_stream_in_the_localizer():
+    """The example CT, then another CT, through ``Localizer(published=True)``: the second
+    query's start centres are where the published stream goes on, computed independently."""
+    from medlsam.localization.localizer import Localizer
+    from medlsam.localization.network import MedLAM
+
+    first = ct_testdata_path("totalsegmentator", "example_ct.nii.gz")
+    second = ct_testdata_path("totalsegmentator", "example_ct_sm.nii.gz")
+    expected = legacy_stream([padded_grid(first), padded_grid(second)])
+    torch.manual_seed(0)
+    image = read_image(first)
+    label = Volume((image.data > 100).astype(np.int32), image.affine)  # any organ will do
+    localizer = Localizer(MedLAM(2).eval(), feature_scales=(), published=True)
+    localizer.fit([(image, label)], [1])
+    localizer.predict(image)
+    assert localizer.last_start_centres.tolist() == expected[0]
+    localizer.predict(read_image(second))
+    assert localizer.last_start_centres.tolist() == expected[1]
