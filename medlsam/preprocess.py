@@ -20,7 +20,9 @@ slice resized to 1024x1024 (order-2 spline on pixel centres, as ``skimage.transf
 does) and replicated to 3 channels. Departures: values are clipped to [0, 255] before the
 uint8 cast (the published cast wraps overshoot around), and voxels whose raw value is exactly 0
 HU keep their window value (the published code forces them to black; ``zero_raw_zero=True``
-restores that).
+restores that). :func:`sam_window_published` is the published window exactly (``[run]
+reproduce = published``): 0 HU black and an int32 truncation before the resize, which
+:func:`sam_slice` then does in float64 as scikit-image does.
 
 2D slice convention: the slice of a volume along axis ``a`` is returned with rows along the
 larger remaining axis and columns along the smaller one; for the usual ``a = 2`` this is

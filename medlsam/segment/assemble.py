@@ -9,6 +9,7 @@ the query file; slices are taken along ``volume.slice_axis()`` and laid out as
 the slice axis, both ends included, the same 2D box: the 3D box's in-plane extent scaled to the
 1024 frame (``round(index * 1024 / size)``, half to even) and enlarged by a 10-pixel margin on
 every side, then clipped to ``[0, 1024]`` (the published code does not clip).
+:func:`published_prompts` is the published rule exactly (``[run] reproduce = published``).
 
 **Sub-boxes of one organ that overlap on a slice** (SPL), ``overlap``:
 
