@@ -7,7 +7,10 @@ something else by default (the README's table of departures lists them all):
   list (method.md 4.2): a legacy numpy generator seeded once with the run's seed (2023), ten
   centres per query in list order, each three scalar ``randint(s // 2 - 10, s // 2 + 10)`` draws
   in the axis order of the padded 3 mm array, drawn again while the centre voxel is air; never
-  re-seeded between queries;
+  re-seeded between queries. A private ``RandomState`` gives exactly the draws of numpy's
+  seeded global generator without touching it (the published code also seeds python
+  ``random`` and torch: they only choose its PNG slice and its matching bias, which never moves
+  an arg-max);
 * :func:`published_label`: support labels resampled to 3 mm by trilinear interpolation of
   their one-hot channels and argmax (method.md 1.1 step 4);
 * :func:`published_zoom`, :func:`published_file_points`: the 3 mm grid back to the file's
