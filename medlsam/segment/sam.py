@@ -168,6 +168,9 @@ class SamSegmenter:
             ``"thread"`` (default otherwise).
         checkpoint_sha256: recorded in ``run.json``.
         zero_raw_zero: force voxels of exactly 0 HU to black, as the published code does.
+        window: ``"medlsam"`` (float window resized, then clipped to uint8) or ``"published"``
+            (the published slice exactly: :func:`medlsam.preprocess.sam_window_published`, then
+            the order-2 resize; 0 HU black, int32 truncation before resizing).
     """
 
     def __init__(
@@ -183,6 +186,7 @@ class SamSegmenter:
         zero_raw_zero: bool = False,
         fast_encoder: bool = True,
         worker_kind: str | None = None,
+        window: str = "medlsam",
     ) -> None:
         if model.image_encoder.img_size != FRAME:
             raise ValueError(f"SAM input size must be {FRAME}, not {model.image_encoder.img_size}")
@@ -209,6 +213,9 @@ class SamSegmenter:
         self.autocast_dtype = autocast_dtype(self.precision)
         self.checkpoint_sha256 = checkpoint_sha256
         self.zero_raw_zero = zero_raw_zero
+        if window not in ("medlsam", "published"):
+            raise ValueError(f"window must be 'medlsam' or 'published', not {window!r}")
+        self.window = window
         self.stats = SegmenterStats()
         self._lock = threading.Lock()
         self._processes: ProcessPoolExecutor | None = None
@@ -308,7 +315,9 @@ class SamSegmenter:
         whole volume.
         """
         began = time.perf_counter()
-        image = sam_slice_from_hu(slice_2d(volume.data, axis, index), lo, hi, self.zero_raw_zero)
+        image = sam_slice_from_hu(
+            slice_2d(volume.data, axis, index), lo, hi, self.zero_raw_zero, self.window
+        )
         with self._lock:  # called from worker threads
             self.stats.add_time("slice_preprocess", time.perf_counter() - began)
         return image
@@ -374,7 +383,7 @@ class SamSegmenter:
 
         def submit_to_process(chunk: Sequence[SliceRequest]):
             planes = np.stack([slice_2d(volume.data, axis, r.index) for r in chunk])
-            return pool.submit(sam_slices_from_hu, planes, lo, hi, self.zero_raw_zero)
+            return pool.submit(sam_slices_from_hu, planes, lo, hi, self.zero_raw_zero, self.window)
 
         return submit_to_process
 
