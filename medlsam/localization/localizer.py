@@ -327,7 +327,7 @@ class Localizer:
         made = protos.meta.get("label_resampling", "medlsam")
         if made != self._label_resampling:
             raise InputError(
-                f"{path}: prototypes were made with the {made} support-label resampling, not "
+                f"{source}: prototypes were made with the {made} support-label resampling, not "
                 f"the {self._label_resampling} one this run uses ([run] reproduce); rebuild "
                 "them from the support scans"
             )
