@@ -57,6 +57,7 @@ from medlsam.io import Volume, case_name, read_image, read_label, same_grid
 from medlsam.pipeline_loop import run_cases
 from medlsam.pipeline_outputs import outputs_complete, write_case
 from medlsam.pipeline_record import RunRecord, run_header
+from medlsam.pipeline_report import write_infer_report
 from medlsam.pipeline_setup import (
     build_localizer,
     check_writable,
@@ -215,7 +216,7 @@ class _Run:
     segmenter: BoxSegmenter
     localizer: LocalizerLike | None
     seg_dir: Path
-    png_dir: Path
+    png_dir: Path | None
     boxes_from_labels: bool
     progress: bool
     extra: dict[str, Any]
@@ -249,9 +250,9 @@ def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
     t = time.perf_counter()
     classes = [int(c) for c in data.fg_class]
     outputs = write_case(
-        pred, volume, job.seg_dir, job.png_dir, classes, data.class_names, job.extra
+        pred, volume, job.seg_dir, job.png_dir, classes, data.class_names, job.extra, seconds
     )
-    seconds["write"] = time.perf_counter() - t
+    seconds["write"] = time.perf_counter() - t - seconds.get("figures", 0.0)
     seconds["total"] = time.perf_counter() - began
     return {
         "image": str(data.query_images[n]),
@@ -262,7 +263,17 @@ def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
         "encoder_calls": pred.work["encoder_calls"],
         "decoder_calls": pred.work["decoder_calls"],
         "work": pred.work,
+        "organs": organ_volumes(pred.label, classes, volume.spacing),
         "outputs": outputs,
+    }
+
+
+def organ_volumes(label: np.ndarray, classes: Sequence[int], spacing: np.ndarray) -> dict:
+    """``{"<id>": {"voxels": n, "ml": volume}}`` of each class in a predicted label map."""
+    counts = np.bincount(label.ravel(), minlength=max(classes, default=0) + 1)
+    ml = float(np.prod(spacing)) / 1000.0
+    return {
+        str(c): {"voxels": int(counts[c]), "ml": round(int(counts[c]) * ml, 3)} for c in classes
     }
 
 
@@ -278,6 +289,7 @@ def run(
     raise_errors: bool = False,
     shard: Shard | None = None,
     merge: bool = True,
+    figures: bool = True,
 ) -> RunReport:
     """Run MedLSAM (or the manual-box baseline) on every query of ``cfg`` (or of one shard).
 
@@ -297,6 +309,11 @@ def run(
     ``shard`` runs only its part of the query list with its own record
     (:mod:`medlsam.pipeline_shard`); with ``merge``, the last shard to finish merges the
     records into ``run.json``.
+
+    ``figures=False`` (``--no-png``) writes no figure; otherwise each case's seconds spent on
+    figures are recorded as ``seconds["figures"]`` in its ``run.json`` entry. With ``merge``,
+    ``report.html`` is (re)written from the folder's records
+    (:mod:`medlsam.pipeline_report`).
     """
     data = cfg.data
     shard = shard or Shard()
@@ -307,6 +324,8 @@ def run(
     device = resolve_device(device)
     seg_dir, png_dir = output_folders(cfg, Path(output) if output else None, boxes_from_labels)
     check_writable(seg_dir)
+    if not figures:
+        png_dir = None
 
     if segmenter is None:  # checkpoint errors surface here, before any case
         segmenter = build_segmenter(cfg.vit, cfg.weight.vit_load_path, device)
@@ -364,4 +383,6 @@ def run(
     report.record = record.doc
     if merge and shard.count > 1:
         merge_if_complete(seg_dir, shard, header, cases)
+    if merge:
+        write_infer_report(seg_dir)
     return report

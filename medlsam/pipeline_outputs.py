@@ -9,7 +9,8 @@ Under the segmentation folder (``seg_save_path`` or ``--output``):
   ``score`` ``(M,)``; ``slice_axis``; ``classes``; ``upper_bound_baseline`` (bool);
 * ``<case>.boxes.json``: the 3D boxes (:func:`medlsam.boxes.boxes_json`);
 
-and under the PNG folder, ``<case>/<class id>_<name>.png`` (:mod:`medlsam.pipeline_overlays`).
+and under the PNG folder, ``<case>/overview.png`` and ``<case>/<class id>_<name>.png``
+(:mod:`medlsam.pipeline_overlays`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,7 @@ import numpy as np
 from medlsam.assemble import Prediction
 from medlsam.boxes import boxes_json
 from medlsam.io import Volume, atomic_write_bytes, atomic_write_text, write_mask
-from medlsam.pipeline_overlays import render_organ, safe_name
-from medlsam.png import write_png
+from medlsam.pipeline_overlays import write_figures
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,13 @@ def write_case(
     classes: Sequence[int],
     class_names: Mapping[int, str],
     extra: Mapping[str, object] | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write every output of one case; returns ``{kind: path}`` of what was written.
 
     Paths are returned relative to ``seg_dir`` (where ``run.json`` lives) when inside it.
+    ``png_dir`` None writes no figure; otherwise the seconds spent on figures are added to
+    ``seconds["figures"]``.
     """
     files = case_files(seg_dir, prediction.case)
     atomic_write_bytes(files["npz"], npz_bytes(prediction, classes))
@@ -105,17 +109,15 @@ def write_case(
     atomic_write_text(files["boxes"], json.dumps(doc, indent=2))
     written: dict[str, Any] = {k: _rel(p, seg_dir) for k, p in files.items() if k != "nifti"}
     if png_dir is not None:
+        began = time.perf_counter()
         folder = png_dir / prediction.case
         if folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
-        pngs = []
-        for c in classes:
-            image = render_organ(volume, prediction, int(c), classes, class_names)
-            if image is None:
-                continue
-            name = safe_name(class_names.get(int(c), f"class_{c}"))
-            pngs.append(_rel(write_png(folder / f"{int(c)}_{name}.png", image), seg_dir))
-        written["png"] = pngs
+        segmenter = str((extra or {}).get("segmenter", ""))
+        pngs = write_figures(volume, prediction, folder, classes, class_names, segmenter)
+        written["png"] = [_rel(p, seg_dir) for p in pngs]
+        if seconds is not None:
+            seconds["figures"] = time.perf_counter() - began
     # the label map last: its presence (with run.json) marks a finished case
     write_mask(prediction.label, like=volume, path=files["nifti"])
     written["nifti"] = _rel(files["nifti"], seg_dir)

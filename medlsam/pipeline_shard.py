@@ -318,6 +318,9 @@ def run_sharded(cfg: Any, device: str = "auto", shard: Shard | None = None, **op
                 report.output, header, [e["record"] for e in everyone], report.order
             )
             logger.info("%d ranks finished: records merged into %s", env.world_size, path)
+            from medlsam.pipeline_report import write_infer_report
+
+            write_infer_report(report.output)
     finally:
         finish(here)
     report.ok = [c for e in everyone for c in e["ok"]]

@@ -22,7 +22,7 @@ RANKS = {
     "ini": 3,
     "config": 4,
     "boxes": 5,
-    "png": 5,
+    "figures": 5,
     "run_files": 5,
     "preprocess": 6,
     "checkpoint": 6,
@@ -38,8 +38,9 @@ RANKS = {
     "box_eval": 7,
     "eval_case": 8,
     "eval_report": 8,
-    "boxplot": 8,
-    "evaluate": 9,
+    "eval_figures": 9,
+    "eval_html": 9,
+    "evaluate": 10,
     "synth": 6,
     "train": 15,
     "losses": 14,
@@ -47,7 +48,9 @@ RANKS = {
 }
 
 #: modules that must never import torch (names a user types are checked before models load)
-TORCH_FREE = {"errors", "volume", "io", "ini", "config", "boxes", "preprocess", "metrics"}
+TORCH_FREE = {
+    "errors", "volume", "io", "ini", "config", "boxes", "preprocess", "metrics", "figures"
+}
 
 
 def _group(module: str) -> str:
