@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medlsam.assemble import Prediction
 from medlsam.boxes import Box3D, OrganBoxes
-from medlsam.eval_figures import case_overview
+from medlsam.evaluation.figures import case_overview
 from medlsam.io import Volume, write_mask, write_nifti
-from medlsam.pipeline_overlays import write_figures
+from medlsam.pipeline.overlays import write_figures
+from medlsam.segment.assemble import Prediction
 from medlsam.synth import ORGAN_NAMES, make_phantom
 
 

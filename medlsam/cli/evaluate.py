@@ -172,9 +172,9 @@ def _labels_from_config(args: argparse.Namespace):
 
 
 def _body(args: argparse.Namespace) -> int:
-    from medlsam import eval_report
-    from medlsam.eval_case import labels_by_case
-    from medlsam.evaluate import evaluate
+    from medlsam.evaluation import report as eval_report
+    from medlsam.evaluation.case import labels_by_case
+    from medlsam.evaluation.folder import evaluate
     from medlsam.io import read_path_list
 
     if args.compare:
@@ -185,7 +185,7 @@ def _body(args: argparse.Namespace) -> int:
             )
         print(eval_report.compare(args.compare))
         if args.output is not None and not args.no_png:
-            from medlsam.eval_figures import write_compare
+            from medlsam.evaluation.figures import write_compare
 
             folders = [Path(d) for d in args.compare]
             summaries = [eval_report.load_summary(d) for d in folders]
