@@ -167,8 +167,8 @@ def write_eval_report(
     )
     intro += (
         f'<p class="muted">{summary.get("n_cases", 0)} case(s) scored from '
-        f'{page.esc(", ".join(map(str, pred_dirs)))}.</p><pre class="muted">'
-        f"{page.esc(footer_text(summary))}</pre>"
+        f'{page.esc(", ".join(map(str, pred_dirs)))}.</p><p class="note">'
+        f"{page.esc(footer_text(summary))}</p>"
     )
     sections = [
         ("Per organ", organ_table(summary, colors)),

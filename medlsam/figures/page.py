@@ -26,7 +26,9 @@ th, td { border: 1px solid #d8d8d8; padding: 3px 8px; text-align: left; vertical
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px;
   vertical-align: -0.1em; margin-right: 4px; border: 1px solid #0003; }
-.plots img { max-width: 100%; margin: 6px 12px 6px 0; border: 1px solid #eee; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 10px; }
+.plots img { width: 100%; border: 1px solid #eee; }
+.note { white-space: pre-line; color: #555; font-size: 0.85em; }
 .case { margin: 10px 0 18px 0; }
 .thumbs { display: flex; gap: 6px; overflow-x: auto; padding-bottom: 4px; }
 .thumbs a { flex: none; text-decoration: none; color: #444; font-size: 0.75em; text-align: center; }
