@@ -308,3 +308,22 @@ def test_parallel_workers_give_the_same_scores(tmp_path):
     key = [(s.case, s.class_id, s.status, f"{s.dsc:.12f}") for s in one.scores]
     assert key == [(s.case, s.class_id, s.status, f"{s.dsc:.12f}") for s in two.scores]
     assert not any(math.isnan(s.dsc) for s in one.scores if s.status != "absent")
+
+
+def test_no_png_and_compare_draws_runs_side_by_side(tmp_path, capsys):
+    pred_dir, list_file = _cohort(tmp_path)
+    runs = []
+    for name, extra in (("honest", []), ("published", ["--published-averages"])):
+        out = tmp_path / name
+        args = ["--pred", str(pred_dir), "--labels", str(list_file), "--classes", "1,2,3"]
+        assert main([*args, "--output", str(out), "--no-png", *extra]) == 0
+        assert not list(out.rglob("*.png")) and (out / "report.html").is_file()
+        runs.append(out)
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert "figure_seconds" not in summary
+    capsys.readouterr()
+    assert main(["--compare", *map(str, runs)]) == 0
+    assert "give --output DIR to draw" in capsys.readouterr().err
+    assert main(["--compare", *map(str, runs), "--output", str(tmp_path / "cmp")]) == 0
+    image = _read_png(tmp_path / "cmp" / "compare_dsc.png")
+    assert image.shape[0] > 200 and len(np.unique(image.reshape(-1, 3), axis=0)) > 10
