@@ -177,7 +177,10 @@ def write_eval_report(
         ("Failed or missing cases", failed_table(summary)),
         (
             "Evaluation settings and versions",
-            page.key_values(summary.get("settings", {})) + page.key_values(dict(versions)),
+            "<h3>Settings</h3>"
+            + page.key_values(summary.get("settings", {}))
+            + "<h3>Versions</h3>"
+            + page.key_values(dict(versions)),
         ),
     ]
     if header:

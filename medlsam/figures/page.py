@@ -17,7 +17,8 @@ from medlsam.io import atomic_write_text
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
        margin: 24px; color: #1a1a1a; max-width: 1400px; }
-h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em;
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h3 { font-size: 1em; margin: 1em 0 0.3em; }
+h2 { font-size: 1.2em; margin-top: 1.6em;
   border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 .muted { color: #666; font-size: 0.9em; }
 .banner { background: #aa0000; color: white; padding: 8px 12px; font-weight: bold; }
@@ -72,8 +73,9 @@ def table(
 
 
 def key_values(pairs: Mapping[str, object]) -> str:
-    """A two-column table of names and values."""
-    return table(["", ""], [[esc(k), esc(v)] for k, v in pairs.items()])
+    """A two-column table of names and values (no header row)."""
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in pairs.items())
+    return f"<table><tbody>{rows}</tbody></table>"
 
 
 def thumbnails(items: Sequence[tuple[str, str]], folder: Path) -> str:

@@ -66,7 +66,6 @@ def _case_rows(folder: Path, cases: Mapping[str, Mapping]) -> str:
         if entry.get("status") != "ok":
             continue
         pngs = [folder / p for p in (entry.get("outputs") or {}).get("png", [])]
-        pngs = sorted(pngs, key=lambda p: (p.name != "overview.png", p.name))
         seconds = entry.get("seconds") or {}
         fig = seconds.get("figures")
         info = f"{seconds.get('total', 0):.1f} s" + (f", figures {fig:.2f} s" if fig else "")
