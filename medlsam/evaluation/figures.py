@@ -99,6 +99,7 @@ def case_overview(
     classes: Sequence[int],
     names: Mapping[int, str],
     out_path: Path,
+    colors: Mapping[int, str] | None = None,
 ) -> Path:
     """Write the overview of one scored case with reference outlines.
 
@@ -129,7 +130,7 @@ def case_overview(
         _boxes_on(files.get("boxes"), matrix, offset),
         [int(c) for c in classes],
         names,
-        organ_colors(classes),
+        dict(colors) if colors is not None else organ_colors(classes),
         reference,
     )
     subtitle = (
@@ -143,14 +144,15 @@ def case_overview(
 
 
 def write_case_figures(
-    out_dir: Path, cases: Mapping[str, Mapping[str, Path | None]], classes, names
+    out_dir: Path, cases: Mapping[str, Mapping[str, Path | None]], classes, names, colors=None
 ) -> dict[str, dict]:
     """Overviews of every case; per case ``{"figure": path, "seconds": s}`` or ``{"error"}``."""
     done: dict[str, dict] = {}
     for case, files in cases.items():
         began = time.perf_counter()
         try:
-            path = case_overview(case, files, classes, names, out_dir / FIGURES / f"{case}.png")
+            target = out_dir / FIGURES / f"{case}.png"
+            path = case_overview(case, files, classes, names, target, colors)
         except (MedlsamError, KeyError, TypeError, ValueError) as err:
             done[case] = {"error": str(err)}
             continue

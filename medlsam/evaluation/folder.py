@@ -71,7 +71,6 @@ from medlsam.evaluation.case import (
     score_case,
     union_predictions,
 )
-from medlsam.figures.colors import organ_colors
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +99,10 @@ class EvalResult:
         plots: dict[str, Path] = {}
         done: dict[str, dict] = {}
         if figures:
-            colors = organ_colors(classes)
+            colors = eval_html.run_colors(self.summary)
             plots = eval_figures.write_boxplots(out, self.scores, self.summary, colors)
             names = {int(c): e["name"] for c, e in self.summary["classes"].items()}
-            done = eval_figures.write_case_figures(out, self.cases, classes, names)
+            done = eval_figures.write_case_figures(out, self.cases, classes, names, colors)
             self.summary["figure_seconds"] = {
                 c: d["seconds"] for c, d in done.items() if "seconds" in d
             }

@@ -134,6 +134,21 @@ def failed_table(summary: dict) -> str:
     )
 
 
+def prediction_dirs(summary: dict) -> list[Path]:
+    """The prediction folder(s) an evaluation scored."""
+    preds = summary.get("settings", {}).get("predictions")
+    return [Path(p) for p in (preds if isinstance(preds, list) else [preds] if preds else [])]
+
+
+def run_colors(summary: dict) -> dict[int, str]:
+    """Organ colours of the evaluated run: by the inference run's ``fg_class`` order where its
+    ``run.json`` is found (so they match its figures), else by the scored classes' order."""
+    classes = [int(c) for c in summary["classes"]]
+    header = inference_header(prediction_dirs(summary))
+    order = [int(c) for c in (header.get("settings") or {}).get("fg_class") or []]
+    return organ_colors(order + [c for c in classes if c not in order])
+
+
 def inference_header(pred_dirs: Sequence[Path]) -> dict:
     """The header of the first inference run record found in the prediction folders."""
     for folder in pred_dirs:
@@ -154,11 +169,9 @@ def write_eval_report(
 ) -> Path:
     """Write ``out/report.html`` for an :class:`medlsam.evaluate.EvalResult`."""
     summary = result.summary
-    classes = [int(c) for c in summary["classes"]]
-    colors = organ_colors(classes)
+    colors = run_colors(summary)
     names = {int(c): e["name"] for c, e in summary["classes"].items()}
-    preds = summary.get("settings", {}).get("predictions")
-    pred_dirs = [Path(p) for p in (preds if isinstance(preds, list) else [preds] if preds else [])]
+    pred_dirs = prediction_dirs(summary)
     header = inference_header(pred_dirs)
     intro = (
         '<p class="banner">UPPER BOUND: boxes from the reference labels, not MedLSAM</p>'

@@ -130,3 +130,14 @@ def test_infer_report_renders_without_scores(finished_run, tmp_path):
     assert "not a NIfTI" in found["text"] or "query_2.nii.gz" in found["text"]
     shot = screenshot(page, tmp_path / "infer.png")
     assert shot.std() > 10
+
+
+def test_evaluation_colours_follow_the_inference_run(finished_run):
+    from medlsam.evaluation.report_html import run_colors
+    from medlsam.figures.colors import organ_colors
+
+    seg, out = finished_run
+    labels = {f"query_{n}": out.parent / f"query_{n}_seg.nii.gz" for n in range(2)}
+    result = evaluate(seg, labels, classes=[2, 1])  # scored in another order than fg_class
+    assert list(result.summary["classes"]) == ["2", "1"]
+    assert run_colors(result.summary) == organ_colors([1, 2])  # as in the inference figures
