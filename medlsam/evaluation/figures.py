@@ -33,16 +33,14 @@ PLOTS = {
     "iou": ("3D box IoU", "box IoU", (0.0, 1.02), "iou"),
 }
 FIGURES = "figures"
+#: statuses whose values enter the honest averages (a missing prediction file scores as empty)
+AVERAGED = {"ok", "empty_prediction", "missing_prediction", "false_positive"}
 
 
 def metric_values(scores: Sequence[Any], summary: dict, metric: str) -> dict[str, list[float]]:
     """Per organ id (str), the values of ``metric`` that enter the averages."""
     settings = summary.get("settings", {})
-    averaged = (
-        {"ok"}
-        if settings.get("averages") == "published"
-        else {"ok", "empty_prediction", "false_positive"}
-    )
+    averaged = {"ok"} if settings.get("averages") == "published" else AVERAGED
     hd = "hd95_pooled" if settings.get("hd95_definition") == "pooled" else "hd95_monai"
     attr = {"dsc": "dsc", "nsd": "nsd", "hd95": hd, "iou": "iou"}[metric]
     out: dict[str, list[float]] = {cid: [] for cid in summary["classes"]}
@@ -189,9 +187,7 @@ def write_compare(
         runs = []
         for name, rows, summary in zip(names, tables, summaries, strict=True):
             averaged = (
-                {"ok"}
-                if summary.get("settings", {}).get("averages") == "published"
-                else {"ok", "empty_prediction", "false_positive"}
+                {"ok"} if summary.get("settings", {}).get("averages") == "published" else AVERAGED
             )
             per = {
                 cid: [

@@ -35,6 +35,7 @@ def organ_table(summary: dict, colors: Mapping[int, str]) -> str:
         "box IoU",
         "absent",
         "empty pred",
+        "no pred file",
         "false pos",
         "HD95 missing",
     ]
@@ -52,6 +53,7 @@ def organ_table(summary: dict, colors: Mapping[int, str]) -> str:
                 page.esc(mean_std(e["iou"], "iou")),
                 str(e["absent"]),
                 str(e["empty_prediction"]),
+                str(e.get("missing_prediction", 0)),
                 str(e["false_positive"]),
                 str(e["hd95_missing"]),
             ]
@@ -65,10 +67,16 @@ def organ_table(summary: dict, colors: Mapping[int, str]) -> str:
         ]
         + [
             str(summary["excluded"].get(k, ""))
-            for k in ("absent", "empty_prediction", "false_positive", "hd95_missing")
+            for k in (
+                "absent",
+                "empty_prediction",
+                "missing_prediction",
+                "false_positive",
+                "hd95_missing",
+            )
         ]
     )
-    return page.table(head, rows, numeric=(0, 2, 3, 4, 5, 6, 7, 8, 9, 10))
+    return page.table(head, rows, numeric=tuple(n for n in range(len(head)) if n != 1))
 
 
 def _case_scores(scores: Sequence[Any], case: str, names: Mapping[int, str]) -> str:
