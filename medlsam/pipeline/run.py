@@ -69,6 +69,7 @@ from medlsam.segment.assemble import (
     label_prompts,
     organ_prompts,
     prompt_table,
+    published_prompts,
 )
 
 logger = logging.getLogger(__name__)
@@ -161,7 +162,8 @@ def run_case(
         organs = localizer.predict(volume)
         seconds["localize"] = time.perf_counter() - began
         began = time.perf_counter()
-        prompts = organ_prompts(organs, volume.shape, axis, classes)
+        make = published_prompts if cfg.run.published else organ_prompts
+        prompts = make(organs, volume.shape, axis, classes)
     if cfg.run.use_gt_slice_threshold:
         assert reference is not None
         keep = gt_slice_filter(reference.data, classes, axis, cfg.data.gt_slice_threshold or 0)
@@ -328,7 +330,11 @@ def run(
     cases = check_case_names(cfg)
     if (boxes_from_labels or cfg.run.use_gt_slice_threshold) and data.query_labels is None:
         why = "--boxes-from-labels" if boxes_from_labels else "[run] use_gt_slice_threshold"
-        raise ConfigError(f"{cfg.path}: {why} needs [data] query_label_ls (the query labels)")
+        hint = ""
+        if not boxes_from_labels and cfg.run.published:
+            why += " (on by default with [run] reproduce = published)"
+            hint = "; or set [run] use_gt_slice_threshold = False"
+        raise ConfigError(f"{cfg.path}: {why} needs [data] query_label_ls (the query labels){hint}")
     if cfg.run.dicom_seg:
         check_dicom_seg()  # highdicom missing: one line before any case
     device = resolve_device(device)
@@ -338,7 +344,9 @@ def run(
         png_dir = None
 
     if segmenter is None:  # checkpoint errors surface here, before any case
-        segmenter = build_segmenter(cfg.vit, cfg.weight.vit_load_path, device)
+        segmenter = build_segmenter(
+            cfg.vit, cfg.weight.vit_load_path, device, published=cfg.run.published
+        )
     if localizer is None and not boxes_from_labels:
         localizer = build_localizer(cfg, device)
     header = run_header(cfg, device, segmenter, localizer, boxes_from_labels)
