@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medlsam.errors import ConfigError, MedlsamError
+from medlsam.pipeline.report import write_infer_report
 from medlsam.pipeline.run import run
 from medlsam.pipeline.shard import RECORD, Shard, merge_records
 
@@ -276,3 +277,4 @@ def _merge(env: DistEnv, report: Any, everyone: list[dict[str, Any]]) -> None:
     header = {k: v for k, v in first["record"].items() if k != "cases"}
     path = merge_records(output, header, docs, order)
     logger.info("%d ranks finished: records merged into %s", env.world_size, path)
+    write_infer_report(output)
