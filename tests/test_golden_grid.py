@@ -206,3 +206,21 @@ def test_box_corners_in_mm_hand_values():
     lo_mm, hi_mm = Box3D((0, 10, 3), (64, 51, 19)).to_mm(affine_for("LPS", (0.98, 0.98, 2.0)))
     assert lo_mm == pytest.approx([-30.0, -29.8, 46.0], abs=1e-9)
     assert hi_mm == pytest.approx([-92.72, -69.98, 78.0], abs=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# the published spline call drops the last node of some axes
+
+
+@pytest.mark.parametrize(
+    "shape,spacing",
+    [((30, 8, 6), (1.5, 1.5, 1.5)), ((4, 4, 512), (3.0, 3.0, 2.5)), ((30, 6, 8), (0.8, 3, 3))],
+)
+def test_spline_resampling_keeps_the_last_node_of_every_axis(shape, spacing):
+    # 30 voxels at 1.5 mm -> 15 nodes: the last one samples input position 14 * (29 / 14), which
+    # float arithmetic puts a hair past 29; scipy's zoom in its default "constant" mode then
+    # returns 0 HU there (normalised 0.5: soft tissue) in a scan that is all air
+    air = np.full(shape, -1000.0, np.float32)
+    out = pp.medlam_image(Volume(air, np.diag([*spacing, 1.0])), "spline").array
+    assert out.shape == tuple(int(round(n * s / 3)) for n, s in zip(shape[::-1], spacing[::-1]))
+    np.testing.assert_allclose(out, 0.0, atol=1e-6)
