@@ -104,11 +104,20 @@ def test_boxes_json_document():
     assert doc["case"] == "c1" and doc["image"] == "/d/c1.nii.gz"
     assert doc["classes"]["4"]["boxes"] == [
         # (1, 2, 3) -> (-10 + 2, 5 + 4, 9); (5, 6, 7) -> (-10 + 10, 5 + 12, 21)
-        {"min": [1, 2, 3], "max": [5, 6, 7], "min_mm": [-8.0, 9.0, 9.0], "max_mm": [0.0, 17.0, 21.0]}
+        {
+            "min": [1, 2, 3],
+            "max": [5, 6, 7],
+            "min_mm": [-8.0, 9.0, 9.0],
+            "max_mm": [0.0, 17.0, 21.0],
+        }
     ]
     assert doc["classes"]["4"]["extreme_points"][0][0] == [1.235, 2.0, 3.0]
     assert doc["classes"]["4"]["inside"] is True
-    assert doc["classes"]["9"] == {"boxes": [], "extreme_points": [[[0.0] * 3] * 6], "inside": False}
+    assert doc["classes"]["9"] == {
+        "boxes": [],
+        "extreme_points": [[[0.0] * 3] * 6],
+        "inside": False,
+    }
     assert all(type(v) is float for v in doc["classes"]["9"]["extreme_points"][0][0])
     extra = boxes_json("c1", "x", affine, [], extra={"upper_bound_baseline": True})
     assert extra == {"case": "c1", "image": "x", "classes": {}, "upper_bound_baseline": True}

@@ -22,7 +22,14 @@ from medlsam import preprocess as pp
 from medlsam.boxes import Box3D
 from medlsam.io import Volume
 
-_AXES = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+_AXES = {
+    "R": (0, 1.0),
+    "L": (0, -1.0),
+    "A": (1, 1.0),
+    "P": (1, -1.0),
+    "S": (2, 1.0),
+    "I": (2, -1.0),
+}
 
 
 def affine_for(codes: str, spacing, origin=(-30.0, -20.0, 40.0)) -> np.ndarray:

@@ -24,9 +24,9 @@ from nibabel.affines import apply_affine
 from torch import nn
 
 from medlsam.io import Volume
-from medlsam.localize import DIS_RATIO, Localizer
-from medlsam.pipeline import run_case
-from medlsam.pipeline_outputs import write_case
+from medlsam.localization.localizer import DIS_RATIO, Localizer
+from medlsam.pipeline.outputs import write_case
+from medlsam.pipeline.run import run_case
 from medlsam.preprocess import medlam_image, pad, slice_2d
 from medlsam.segment.base import SegmenterStats, SliceResult, to_slice_boxes
 
@@ -168,7 +168,9 @@ class BrightInBox:
             rows, cols = np.mgrid[0:h, 0:w]
             masks = []
             for x0, y0, x1, y1 in to_slice_boxes(request.boxes, h, w):
-                masks.append((plane > 300) & (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1))
+                masks.append(
+                    (plane > 300) & (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
+                )
             masks = np.array(masks)
             yield SliceResult(
                 request.index, masks, np.ones(len(masks), np.float32), masks.astype(np.float32)

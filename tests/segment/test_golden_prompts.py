@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from medlsam.assemble import LabelAssembler, box_prompt, label_prompts, organ_prompts
 from medlsam.boxes import Box3D, OrganBoxes
 from medlsam.preprocess import sam_slice, sam_window, slice_2d
+from medlsam.segment.assemble import LabelAssembler, box_prompt, label_prompts, organ_prompts
 from medlsam.segment.base import SliceRequest, SliceResult, nearest_index, to_slice_boxes
 
 # in-plane extent i 30..150 (of 300), j 100..300 (of 410), slices 4..9:
