@@ -21,6 +21,7 @@ from scipy import ndimage
 from medlsam import preprocess as pp
 from medlsam.boxes import Box3D
 from medlsam.io import Volume
+from medlsam.volume import same_grid, to_las
 
 _AXES = {
     "R": (0, 1.0),
@@ -231,3 +232,39 @@ def test_spline_resampling_keeps_the_last_node_of_every_axis(shape, spacing):
     out = pp.medlam_image(Volume(air, np.diag([*spacing, 1.0])), "spline").array
     assert out.shape == tuple(int(round(n * s / 3)) for n, s in zip(shape[::-1], spacing[::-1]))
     np.testing.assert_allclose(out, 0.0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# volume geometry: slice axis, oblique spacing, same grid
+
+
+@pytest.mark.parametrize(
+    "codes,axis", [("RAS", 2), ("LPS", 2), ("PSR", 1), ("AIL", 1), ("SLA", 0), ("IPL", 0)]
+)
+def test_slice_axis_is_the_superior_inferior_axis(codes, axis):
+    assert _volume(codes, (5, 6, 7), (1.0, 1.0, 1.0)).slice_axis() == axis
+
+
+def test_las_spacing_of_an_oblique_scan_comes_from_the_columns():
+    # 30 degrees about z, voxels 0.8 x 2.0 x 2.5: the axes stay closest to R, A, S, so the LAS
+    # spacing (z, y, x) is (2.5, 2.0, 0.8), as nibabel's canonical image has it reversed
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([0.8, 2.0, 2.5])
+    vol = Volume(np.zeros((6, 5, 4), np.float32), affine)
+    _, spacing, _ = to_las(vol)
+    ras = nib.as_closest_canonical(nib.Nifti1Image(vol.data, affine))
+    np.testing.assert_allclose(spacing, [2.5, 2.0, 0.8], atol=1e-12)
+    np.testing.assert_allclose(spacing, np.array(ras.header.get_zooms()[:3])[::-1], atol=1e-6)
+
+
+def test_same_grid_within_a_thousandth_of_a_millimetre():
+    affine = affine_for("LPS", (0.98, 0.98, 2.0))
+    a = Volume(np.zeros((4, 5, 6)), affine)
+    nudged = affine.copy()
+    nudged[0, 3] += 5e-4  # within the default 1e-3 mm
+    assert same_grid(a, Volume(np.zeros((4, 5, 6)), nudged))
+    moved = affine.copy()
+    moved[0, 3] += 0.5
+    assert not same_grid(a, Volume(np.zeros((4, 5, 6)), moved))
+    assert not same_grid(a, Volume(np.zeros((4, 5, 7)), affine))
