@@ -50,6 +50,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/test_golden_grid.py",
             "tests/pipeline/test_golden_chain.py",
             "tests/segment/test_golden_prompts.py",
+            "tests/test_golden_preprocess.py",
             "tests/test_preprocess.py",
         ],
     ),
