@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -138,21 +139,29 @@ def prepare(workdir: Path, source: str, tests: list[str]) -> None:
 
 
 def mutmut(workdir: Path, args: list[str], timeout: float | None = None) -> tuple[int, str]:
+    """Run ``python -m mutmut ARGS`` in ``workdir``; on timeout stop it and all its workers."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first on the path itself
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mutmut", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: a timeout stops the workers too
+    )
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "mutmut", *args],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as err:
-        out = err.stdout or b""
-        return -1, out.decode() if isinstance(out, bytes) else out
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        return -1, out or ""
 
 
 def results(workdir: Path) -> dict[str, str]:
