@@ -15,7 +15,15 @@ import torch
 
 from medlsam.boxes import Box3D, OrganBoxes
 from medlsam.preprocess import sam_slice, sam_window, slice_2d
-from medlsam.segment.assemble import LabelAssembler, box_prompt, label_prompts, organ_prompts
+from medlsam.segment.assemble import (
+    LabelAssembler,
+    Prompt,
+    box_prompt,
+    group_by_slice,
+    label_prompts,
+    organ_prompts,
+    prompt_table,
+)
 from medlsam.segment.base import SliceRequest, SliceResult, nearest_index, to_slice_boxes
 
 # in-plane extent i 30..150 (of 300), j 100..300 (of 410), slices 4..9:
@@ -115,3 +123,69 @@ def test_mask_pixel_lands_on_its_voxel(shape, axis, voxel):
     assembler.add(request, SliceResult(3, masks, np.ones(1, np.float32), masks.astype(np.float32)))
     assert np.argwhere(assembler.label).tolist() == [list(voxel)]
     assert assembler.label[voxel] == 5
+
+
+# --------------------------------------------------------------------------------------------
+# what is recorded: per-slice requests, the npz prompt table, the baseline's jitter
+
+
+def test_requests_group_prompts_by_slice_in_order():
+    prompts = [
+        Prompt(2, 1, 7, (1.0, 2.0, 3.0, 4.0)),
+        Prompt(1, 0, 3, (5.0, 6.0, 7.0, 8.0)),
+        Prompt(1, 2, 7, (9.0, 10.0, 11.0, 12.0)),
+    ]
+    requests = group_by_slice(prompts)
+    assert [r.index for r in requests] == [3, 7]
+    assert requests[1].boxes.tolist() == [[1, 2, 3, 4], [9, 10, 11, 12]]
+    assert requests[1].classes.tolist() == [2, 1] and requests[1].parts.tolist() == [1, 2]
+    assert requests[1].boxes.dtype == np.float64 and requests[1].classes.dtype == np.int64
+
+
+def test_prompt_table_of_nothing_and_of_two_slices():
+    empty = prompt_table([])
+    assert set(empty) == {"slice", "class_id", "part", "box", "score"}
+    assert {k: (v.shape, v.dtype) for k, v in empty.items()} == {
+        "slice": ((0,), np.int64),
+        "class_id": ((0,), np.int64),
+        "part": ((0,), np.int64),
+        "box": ((0, 4), np.float64),
+        "score": ((0,), np.float32),
+    }
+    a = SliceRequest(3, np.array([[1, 2, 3, 4]]), np.array([5], np.int32), np.array([0], np.int32))
+    b = SliceRequest(8, np.array([[5, 6, 7, 8], [9, 9, 9, 9]]), np.array([1, 5]), np.array([2, 0]))
+    table = prompt_table([(a, np.array([0.5])), (b, np.array([0.25, 0.75]))])
+    assert table["slice"].tolist() == [3, 8, 8] and table["slice"].dtype == np.int64
+    assert table["class_id"].tolist() == [5, 1, 5] and table["class_id"].dtype == np.int64
+    assert table["part"].tolist() == [0, 2, 0] and table["part"].dtype == np.int64
+    assert table["box"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 9, 9, 9]]
+    assert table["box"].dtype == np.float64
+    assert table["score"].tolist() == [0.5, 0.25, 0.75] and table["score"].dtype == np.float32
+
+
+def test_organ_prompts_skip_missing_organs_and_boxes_outside():
+    inside = Box3D((30, 100, 4), (150, 300, 5))
+    outside = Box3D((30, 100, 40), (150, 300, 45))  # beyond the 20 slices
+    organs = {
+        1: OrganBoxes(1, (outside, inside), np.zeros((2, 6, 3))),
+        3: OrganBoxes(3, (inside,), np.zeros((1, 6, 3))),
+    }
+    prompts = organ_prompts(organs, (300, 410, 20), 2, classes=[9, 1, 3], margin=0)
+    assert [(p.class_id, p.part, p.index) for p in prompts] == [
+        (1, 1, 4), (1, 1, 5), (3, 0, 4), (3, 0, 5)
+    ]  # fmt: skip
+    assert prompts[0].box == (102.0, 250.0, 512.0, 749.0)  # no margin
+    default = organ_prompts(organs, (300, 410, 20), 2)  # the order of ``organs``
+    assert [p.class_id for p in default] == [1, 1, 3, 3]
+
+
+def test_baseline_jitter_pushes_each_side_out_independently():
+    # along axis 0 of a (6, 300, 410) label: columns follow axis 1, rows axis 2
+    label = np.zeros((6, 300, 410), np.int32)
+    label[2:4, 30:151, 100:301] = 4
+    prompts = label_prompts(label, [4], 0, np.random.default_rng(5))
+    twin = np.random.default_rng(5)  # the same draws: 4 per slice, sides x0, y0, x1, y1
+    for prompt, index in zip(prompts, [2, 3], strict=True):
+        j = twin.integers(0, 20, size=4)
+        assert (prompt.class_id, prompt.part, prompt.index) == (4, 0, index)
+        assert prompt.box == (102.0 - j[0], 250.0 - j[1], 512.0 + j[2], 749.0 + j[3])
