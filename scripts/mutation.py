@@ -9,8 +9,8 @@ Each module runs in its own copy of the project under ``--workdir`` (default
 only the test files that exercise it; mutmut then runs, for each mutant, only the tests that
 executed the mutated function. ``--max-children`` (default 2) bounds the cores, ``--budget``
 (minutes, default 30) the wall time of one module: a module that runs out is reported as
-interrupted, with what it finished. ``--again`` reruns only the last run's survivors against
-the current tests (after adding tests; the mutated sources are those of the last run).
+interrupted, with what it finished. ``--again`` runs only the mutants the last run left alive
+or did not reach, against today's tests, and merges the verdicts (after adding tests).
 
 Survivors listed in ``scripts/mutation_equivalent.txt`` (``mutant name  # reason``) are
 equivalent mutants: they change no behaviour, so no test can kill them. They are reported
@@ -21,6 +21,7 @@ is printed and written to ``<workdir>/<module>.json``.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import re
@@ -175,37 +176,30 @@ def results(workdir: Path) -> dict[str, str]:
     return out
 
 
-def refresh_tests(workdir: Path, source: str, tests: list[str]) -> None:
-    """Copy the current tests and test list over an earlier run's (the mutated sources stay as
-    they were: use ``--again`` only while the package layout is unchanged)."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    pyproject = re.split(r"\n\[tool\.mutmut\]\n", (ROOT / "pyproject.toml").read_text())[0]
-    for base in (workdir, workdir / "mutants"):
-        if (base / "tests").exists():
-            shutil.rmtree(base / "tests")
-        shutil.copytree(ROOT / "tests", base / "tests", ignore=ignore)
-        (base / "pyproject.toml").write_text(pyproject + mutmut_config(source, tests))
-
-
 def run_module(
     name: str, base: Path, max_children: int, budget_min: float, again: bool = False
 ) -> dict:
+    """Mutate one module and run its tests; with ``again``, run only the mutants the last run
+    did not kill (when the module's source is unchanged), on a fresh copy with today's tests."""
     source, tests = MODULES[name]
     workdir = base / name
-    names: list[str] = []
-    if again and (base / f"{name}.json").is_file():
-        names = json.loads((base / f"{name}.json").read_text())["survived"]
-        refresh_tests(workdir, source, tests)
-    else:
-        prepare(workdir, source, tests)
+    old: dict[str, str] = {}
+    if again and (workdir / "mutants").is_dir() and (workdir / source).is_file():
+        if filecmp.cmp(workdir / source, ROOT / source, shallow=False):
+            old = results(workdir)
+    names = sorted(k for k, v in old.items() if v not in KILLED)
+    prepare(workdir, source, tests)
     began = time.monotonic()
-    if again and not names:
-        code, log = 0, "nothing survived the last run\n"
+    if old and not names:
+        code, log = 0, "every mutant was killed in the last run\n"
     else:
         run_args = ["run", "--max-children", str(max_children), *names]
         code, log = mutmut(workdir, run_args, budget_min * 60)
     (workdir / "run.log").write_text(log)
-    report = summarize(name, workdir)
+    status = results(workdir)
+    if old:  # the last run's verdicts, updated with this run's
+        status = {**old, **{k: v for k, v in status.items() if k in names and v not in NOT_RUN}}
+    report = summarize(name, workdir, status)
     report.update(finished=code == 0, seconds=round(time.monotonic() - began, 1))
     return report
 
@@ -237,10 +231,11 @@ def diffs_of(workdir: Path, names: list[str]) -> dict[str, str]:
         return {n: f"(no diff: {done.stderr.strip()[-300:]})" for n in names}
 
 
-def summarize(name: str, workdir: Path) -> dict:
+def summarize(name: str, workdir: Path, status: dict[str, str] | None = None) -> dict:
     """Counts, score and surviving mutants (with diffs) of a module's last run."""
     source, tests = MODULES[name]
-    status = results(workdir)
+    if status is None:
+        status = results(workdir)
     equivalent = read_equivalent()
     counts: dict[str, int] = {}
     for value in status.values():
@@ -281,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--again",
         action="store_true",
-        help="rerun only the last run's survivors, with the current tests (sources unchanged)",
+        help="run only the mutants the last run did not kill (module source unchanged)",
     )
     args = parser.parse_args(argv)
     if args.list:
