@@ -75,7 +75,11 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "segment_base": (
         "medlsam/segment/base.py",
-        ["tests/segment/test_golden_prompts.py", "tests/pipeline/test_golden_chain.py"],
+        [
+            "tests/segment/test_golden_prompts.py",
+            "tests/segment/test_segmenter_stats.py",
+            "tests/pipeline/test_golden_chain.py",
+        ],
     ),
     "localizer": (
         "medlsam/localization/localizer.py",
