@@ -141,3 +141,31 @@ def test_label_on_another_grid_is_refused_with_both_shapes():
     grid = pp.medlam_image(Volume(np.zeros((6, 6, 6), np.float32), np.diag([3.0] * 3 + [1])))
     with pytest.raises(ValueError, match=r"label LAS shape \(6, 6, 5\) differs from image"):
         pp.medlam_label(Volume(np.zeros((5, 6, 6), np.int32), np.diag([3.0] * 3 + [1])), [1], grid)
+
+
+def test_spline_image_is_resampled_in_float32_whatever_it_is_given():
+    rng = np.random.default_rng(3)
+    data = rng.uniform(-1000, 1000, (20, 18, 9))
+    affine = np.diag([1.5, 1.5, 4.5, 1.0])
+    as64 = pp.medlam_image(Volume(data, affine), "spline")
+    as32 = pp.medlam_image(Volume(data.astype(np.float32), affine), "spline")
+    np.testing.assert_array_equal(as64.array, as32.array)
+    assert as64.array.dtype == np.float32
+    np.testing.assert_allclose(as64.spacing, [4.5, 1.5, 1.5])  # LAS (z, y, x) at file resolution
+    with pytest.raises(ValueError, match="interpolation must be 'linear' or 'spline', not 'cubic'"):
+        pp.medlam_image(Volume(data, affine), "cubic")
+
+
+@pytest.mark.parametrize("shape", [(3072, 2048), (2048, 700)])
+def test_sam_slice_shrinking_matches_skimage(shape):
+    """Slices larger than 1024 are smoothed before shrinking (sigma (factor - 1) / 2, zero
+    outside), as skimage's anti-aliasing does: 3x and 2x shrinks make that visible."""
+    skimage = pytest.importorskip("skimage.transform", reason="scikit-image is a dev extra")
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0, 255, shape).astype(np.float32)
+    img[:, : shape[1] // 8] = 0.0
+    ours = pp.sam_slice(img)[..., 0].astype(int)
+    ref = skimage.resize(
+        img, (1024, 1024), order=2, preserve_range=True, mode="constant", anti_aliasing=True
+    )
+    assert np.abs(ours - np.clip(ref, 0, 255).astype(np.uint8).astype(int)).max() <= 1
