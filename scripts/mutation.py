@@ -44,6 +44,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/test_volume_checks.py",
             "tests/pipeline/test_golden_chain.py",
             "tests/test_io.py",
+            "tests/test_geometry_real.py",
         ],
     ),
     "preprocess": (
