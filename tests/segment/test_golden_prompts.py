@@ -189,3 +189,36 @@ def test_baseline_jitter_pushes_each_side_out_independently():
         j = twin.integers(0, 20, size=4)
         assert (prompt.class_id, prompt.part, prompt.index) == (4, 0, index)
         assert prompt.box == (102.0 - j[0], 250.0 - j[1], 512.0 + j[2], 749.0 + j[3])
+
+
+@pytest.mark.parametrize(
+    "classes,dtype",
+    [
+        ([], np.uint8),
+        ([255], np.uint8),
+        ([256], np.int16),
+        ([3, 32767], np.int16),
+        ([32768], np.int32),
+    ],
+)
+def test_label_map_dtype_holds_the_largest_class(classes, dtype):
+    assert LabelAssembler((2, 3, 4), 2, classes).label.dtype == dtype
+
+
+def test_organ_outside_its_mask_never_wins_a_pixel():
+    # pixel (0, 0): organ 1 is not there (its confidence 0.9 must not count), organ 2 is (0.2)
+    masks = np.array([[[False, True]], [[True, True]]])
+    probs = np.array([[[0.9, 0.9]], [[0.2, 0.1]]], np.float32)
+    request = SliceRequest(0, np.zeros((2, 4)), np.array([1, 2]), np.array([0, 0]))
+    assembler = LabelAssembler((2, 1, 1), 2, [1, 2])
+    labels = assembler.slice_labels(request, SliceResult(0, masks, np.ones(2), probs))
+    assert labels.tolist() == [[2, 1]]
+
+
+def test_assembler_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"overlap must be one of \('score', 'later'\), not 'max'"):
+        LabelAssembler((2, 2, 2), 2, [1], overlap="max")
+    request = SliceRequest(3, np.zeros((1, 4)), np.array([1]), np.array([0]))
+    result = SliceResult(4, np.zeros((1, 2, 2), bool), np.ones(1), np.zeros((1, 2, 2)))
+    with pytest.raises(ValueError, match="result of slice 4 given for slice 3"):
+        LabelAssembler((2, 2, 5), 2, [1]).add(request, result)
