@@ -97,7 +97,11 @@ def test_boxes_json_document():
     affine = np.diag([2.0, 2.0, 3.0, 1.0])
     affine[:3, 3] = [-10.0, 5.0, 0.0]
     inside = OrganBoxes(
-        4, (Box3D((1, 2, 3), (5, 6, 7)),), np.array([[[1.23456, 2, 3]] * 6]), inside=True
+        4,
+        (Box3D((1, 2, 3), (5, 6, 7)),),
+        np.array([[[1.23456, 2, 3]] * 6]),
+        inside=True,
+        raw_boxes=(Box3D((-3, 2, 3), (5, 6, 12)),),  # before clipping to the image
     )
     outside = OrganBoxes(9, (), np.zeros((1, 6, 3), dtype=np.int64), inside=False)
     doc = json.loads(json.dumps(boxes_json("c1", "/d/c1.nii.gz", affine, [inside, outside])))
@@ -109,6 +113,8 @@ def test_boxes_json_document():
             "max": [5, 6, 7],
             "min_mm": [-8.0, 9.0, 9.0],
             "max_mm": [0.0, 17.0, 21.0],
+            "min_raw": [-3, 2, 3],
+            "max_raw": [5, 6, 12],
         }
     ]
     assert doc["classes"]["4"]["extreme_points"][0][0] == [1.235, 2.0, 3.0]

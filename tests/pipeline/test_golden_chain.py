@@ -23,6 +23,7 @@ from conftest import reorient
 from nibabel.affines import apply_affine
 from torch import nn
 
+from medlsam.config import RunConfig
 from medlsam.io import Volume
 from medlsam.localization.localizer import DIS_RATIO, Localizer
 from medlsam.pipeline.outputs import write_case
@@ -142,6 +143,7 @@ def test_known_box_through_localization_and_boxes_json(fitted, name):
     doc = json.loads(json.dumps(boxes_json("q", "q.nii.gz", query.affine, organs.values())))
     (entry,) = doc["classes"]["3"]["boxes"]
     assert entry["min"] == lo and entry["max"] == hi
+    assert entry["min_raw"] == lo and entry["max_raw"] == hi  # inside the image: nothing clipped
     assert entry["min_mm"] == pytest.approx(lo_mm, abs=1e-9)
     assert entry["max_mm"] == pytest.approx(hi_mm, abs=1e-9)
     if name == "RAS":
@@ -181,7 +183,7 @@ def _cfg():
     return SimpleNamespace(
         data=SimpleNamespace(fg_class=(3,), gt_slice_threshold=None),
         vit=SimpleNamespace(overlap="score"),
-        run=SimpleNamespace(seed=0, use_gt_slice_threshold=False),
+        run=RunConfig(),  # medlsam's defaults
     )
 
 
