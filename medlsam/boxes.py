@@ -3,8 +3,7 @@
 Frames:
 * :class:`Box3D` is in voxel indices of the ORIGINAL query file, in the array order nibabel
   reads it, ``(i, j, k)``; ``lo`` and ``hi`` are both inclusive.
-* :class:`Box2D` is XYXY in pixels of a 2D frame named where it is used (a slice of the query,
-  or SAM's 1024x1024 input frame).
+* 2D prompts are XYXY in SAM's 1024x1024 input frame (:mod:`medlsam.assemble`).
 
 This module is pure numpy: no torch, no files.
 """
@@ -64,35 +63,38 @@ class Box3D:
 
 
 @dataclass(frozen=True)
-class Box2D:
-    """XYXY pixel box ``(x0, y0, x1, y1)`` in a named 2D frame."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    def as_array(self) -> np.ndarray:
-        return np.array([self.x0, self.y0, self.x1, self.y1], dtype=np.float64)
-
-
-@dataclass(frozen=True)
 class OrganBoxes:
     """What localization found for one organ (class) of one query.
 
     Attributes:
         class_id: the label id of the organ.
-        boxes: one box (WPL) or the SPL sub-boxes in order along the slice axis, already clipped
-            to the image; empty when the organ lies outside the image.
+        boxes: one box (WPL) or the SPL sub-boxes (in order along the slice axis; in the
+            published part order with ``reproduce = published``), already clipped to the image;
+            empty when the organ lies outside the image.
         extreme_points: ``(n_boxes, 6, 3)`` float, the predicted extreme points in the query
             file's ``(i, j, k)`` voxel indices (before clipping).
         inside: False when the predicted organ lies entirely outside the query's field of view.
+        raw_boxes: the same boxes before clipping, one per entry of ``boxes`` (rounded
+            predicted corners, possibly outside the image); empty means "as ``boxes``".
     """
 
     class_id: int
     boxes: tuple[Box3D, ...]
     extreme_points: np.ndarray = field(repr=False)
     inside: bool = True
+    raw_boxes: tuple[Box3D, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.raw_boxes and len(self.raw_boxes) != len(self.boxes):
+            raise ValueError(
+                f"organ {self.class_id}: {len(self.raw_boxes)} raw boxes for "
+                f"{len(self.boxes)} boxes"
+            )
+
+    @property
+    def unclipped(self) -> tuple[Box3D, ...]:
+        """The boxes before clipping (``raw_boxes``, or ``boxes`` when none were given)."""
+        return self.raw_boxes or self.boxes
 
 
 def boxes_json(
@@ -105,16 +107,25 @@ def boxes_json(
     """The ``<case>.boxes.json`` document.
 
     Shape: ``{"case", "image", "classes": {"<id>": {"boxes": [{"min", "max", "min_mm",
-    "max_mm"}], "extreme_points": [...], "inside": bool}}}``; ``min``/``max`` are inclusive
-    voxel indices ``(i, j, k)`` of the image file; ``*_mm`` are world RAS+ millimetres.
+    "max_mm", "min_raw", "max_raw"}], "extreme_points": [...], "inside": bool}}}``;
+    ``min``/``max`` are inclusive voxel indices ``(i, j, k)`` of the image file, clipped to the
+    image; ``min_raw``/``max_raw`` the same corners before clipping (they can lie outside the
+    image); ``*_mm`` are world RAS+ millimetres of ``min``/``max``.
     """
     classes: dict[str, dict] = {}
     for organ in organs:
         entries = []
-        for box in organ.boxes:
+        for box, raw in zip(organ.boxes, organ.unclipped, strict=True):
             lo_mm, hi_mm = box.to_mm(affine)
             entries.append(
-                {"min": list(box.lo), "max": list(box.hi), "min_mm": lo_mm, "max_mm": hi_mm}
+                {
+                    "min": list(box.lo),
+                    "max": list(box.hi),
+                    "min_mm": lo_mm,
+                    "max_mm": hi_mm,
+                    "min_raw": list(raw.lo),
+                    "max_raw": list(raw.hi),
+                }
             )
         classes[str(organ.class_id)] = {
             "boxes": entries,
@@ -141,8 +152,8 @@ def box_iou(a: Box3D, b: Box3D) -> float:
 
 
 def group_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Box ``(lo, hi)`` of one group of six points ``(6, 3)``: min from the first three points'
-    own axes, max from the last three, sorted per axis."""
+    """Box ``(lo, hi)`` (float64) of one group of six points ``(6, 3)``: min from the first three
+    points' own axes, max from the last three, sorted per axis."""
     points = np.asarray(points)
     a = np.array([points[0, 0], points[1, 1], points[2, 2]], dtype=np.float64)
     b = np.array([points[3, 0], points[4, 1], points[5, 2]], dtype=np.float64)

@@ -11,8 +11,8 @@ side by side, with MedLAM, using the small demo checkpoint shipped inside the pa
 weight-free registration of the supports (``[localize] method = registration``); (3) segment
 slice by slice with the weight-free ``classic`` backend; (4) evaluate against the query labels
 (which the method itself never reads) and print one per-organ table with both localizers
-side by side (as ``medlsam-eval --compare``) and where the label maps, PNG overlays and boxes
-are: ``<out>/<localizer>/seg``, ``<out>/<localizer>/png``, ``<out>/eval/<localizer>``.
+side by side (as ``medlsam-eval --compare``) and where the label maps, figures, boxes and
+reports are: ``<out>/<localizer>/seg``, ``<out>/<localizer>/png``, ``<out>/eval/<localizer>``.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(DEMO_LOCALIZERS),
         help="comma-separated localizers to run side by side (default medlam,registration)",
     )
+    parser.add_argument("--no-png", action="store_true", help="write no figure")
     add_common_arguments(parser)
     return parser
 
@@ -181,7 +182,12 @@ def _run_localizer(
     )
     cfg = load_config(config_path)
     report = run(
-        cfg, device=args.device, overwrite=True, progress=not args.quiet, raise_errors=args.debug
+        cfg,
+        device=args.device,
+        overwrite=True,
+        progress=not args.quiet,
+        raise_errors=args.debug,
+        figures=not args.no_png,
     )
     result = evaluate(
         report.output,
@@ -189,7 +195,7 @@ def _run_localizer(
         classes=cfg.data.fg_class,
         class_names=dict(cfg.data.class_names),
     )
-    result.write(out / "eval" / method)
+    result.write(out / "eval" / method, figures=not args.no_png)
     return [(f"{method}: {case}", message) for case, message in report.failed]
 
 

@@ -32,13 +32,21 @@ patch centre, then one MSS refinement within a 64^3 window (coordinates clamped 
 * points go back to the file's voxels with the exact index map (the published back-mapping is
   wrong for permuted axes), and each box is sorted per axis after the mapping;
 * an organ absent from some support scans takes its prototype from the others (warning);
-* the network runs in fp32 on the CPU (autocast fp16 on CUDA), template matching by FFT.
+* the network runs in fp32 on the CPU and, on CUDA, in ``precision`` (``fp16`` autocast as
+  published, or ``fp32``); prototypes record the device type and precision they were made in
+  and are refused by a localizer running in others; template matching by FFT.
+
+``published=True`` (``[run] reproduce = published``) gives the published code's results
+instead (:mod:`medlsam.localization.published`): start centres from one stream over the query
+list (``starts``), images resampled as published (float64 spline, float32 zoom factors), support
+labels by the published one-hot trilinear resampling, organs whose relative-distance box lies
+outside the image clamped and refined (never reported outside), points mapped back through
+``1 / zoom_factor`` with the published rounding, and SPL sub-boxes in the published part order.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -48,6 +56,7 @@ import torch.nn.functional as F
 
 from medlsam.boxes import Box3D, OrganBoxes, box_overlaps, group_box
 from medlsam.config import BoxMode
+from medlsam.devices import Stopwatch, autocast_dtype, effective
 from medlsam.errors import InputError
 from medlsam.io import Volume, label_on_image_grid
 from medlsam.localization.matching import (
@@ -65,6 +74,11 @@ from medlsam.localization.prototypes import (
     split_count,
     support_points,
     template_slice,
+)
+from medlsam.localization.published import (
+    PublishedStarts,
+    published_file_points,
+    published_label,
 )
 from medlsam.preprocess import MEDLAM_SPACING, PAD, MedlamInput, medlam_image, medlam_label, pad
 
@@ -88,6 +102,11 @@ class Localizer:
         interpolation: image resampling to 3 mm, ``"spline"`` (published) or ``"linear"``.
         rdr_steps: relative-distance steps per query (1 = published; see the module docstring).
         mss_share_mm: grid pitch of shared MSS patches (0 = published; module docstring).
+        precision: MedLAM's precision on CUDA, ``"fp16"`` (published autocast) or ``"fp32"``;
+            the CPU always runs fp32 (:attr:`precision` holds what really runs).
+        published: reproduce the published code's results (module docstring).
+        starts: the published start-centre stream (``published`` only; default: one stream
+            seeded with ``seed``, continued over every query predicted).
     """
 
     def __init__(
@@ -102,9 +121,13 @@ class Localizer:
         interpolation: str = "spline",
         rdr_steps: int = 1,
         mss_share_mm: float = 0.0,
+        precision: str = "fp16",
+        published: bool = False,
+        starts: PublishedStarts | None = None,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
+        self.precision = effective(precision, self.device)
         self.mode = BoxMode(mode)
         self.slice_interval = slice_interval
         bad = [s for s in feature_scales if s not in FEATURE_NAMES]
@@ -121,6 +144,12 @@ class Localizer:
         if not mss_share_mm >= 0:
             raise ValueError(f"mss_share_mm must be >= 0, got {mss_share_mm}")
         self.mss_share_mm = float(mss_share_mm)
+        self.published = bool(published)
+        if self.published:
+            self.interpolation = "published"
+        self.starts = starts if starts is not None else PublishedStarts(self.seed)
+        #: start centres of the last query (padded 3 mm grid), for inspection
+        self.last_start_centres: np.ndarray | None = None
         self.prototypes: Prototypes | None = None
         self.stats: dict[str, float] = {"forward_passes": 0, "patches": 0, "forward_seconds": 0.0}
         self._fingerprint: str | None = None
@@ -139,17 +168,20 @@ class Localizer:
         self, array: np.ndarray, centres: np.ndarray, fc: bool, features: Sequence[str]
     ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
         """Crop and run patches around ``centres`` in batches; yields (rows, outputs on device)."""
-        cuda = self.device.type == "cuda"
+        dtype = autocast_dtype(self.precision)
         for start in range(0, len(centres), self.batch_size):
             rows = slice(start, min(start + self.batch_size, len(centres)))
             batch = torch.from_numpy(crop_patches(array, centres[rows])).to(self.device)
-            began = time.perf_counter()
-            with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=cuda):
+            with (
+                Stopwatch(self.device) as clock,
+                torch.inference_mode(),
+                torch.autocast("cuda", dtype or torch.float16, enabled=dtype is not None),
+            ):
                 out = self.model(batch, fc=fc, features=features)
                 out = {k: v.float() for k, v in out.items()}
             self.stats["forward_passes"] += 1
             self.stats["patches"] += rows.stop - rows.start
-            self.stats["forward_seconds"] += time.perf_counter() - began
+            self.stats["forward_seconds"] += clock.seconds
             yield rows, out
 
     def _forward_unique(
@@ -181,7 +213,8 @@ class Localizer:
         for image, label in supports:
             label = label_on_image_grid(label, image)  # flipped/permuted: reoriented
             grid = medlam_image(image, self.interpolation)
-            prepared.append((image.name, pad(grid.array), pad(medlam_label(label, classes, grid))))
+            lab = published_label(label) if self.published else medlam_label(label, classes, grid)
+            prepared.append((image.name, pad(grid.array), pad(lab)))
             del image, label, grid
         if not prepared:
             raise InputError("no support scans given (need support images and labels)")
@@ -238,8 +271,19 @@ class Localizer:
             feature_scales=self.feature_scales,
             checkpoint_sha256=self.fingerprint,
             base_chns=int(getattr(self.model, "base_chns", 0)),
+            numerics=self.numerics,
+            meta={"label_resampling": self._label_resampling},
         )
         return self.prototypes
+
+    @property
+    def numerics(self) -> dict[str, str]:
+        """Where and how MedLAM runs: ``{"device": "cpu" | "cuda", "precision": ...}``."""
+        return {"device": self.device.type, "precision": self.precision}
+
+    @property
+    def _label_resampling(self) -> str:
+        return "published" if self.published else "medlsam"
 
     def _support_features(
         self, padded: np.ndarray, points: np.ndarray
@@ -264,15 +308,29 @@ class Localizer:
 
     def load_prototypes(self, path: str | Path, classes: Sequence[int] | None = None) -> Prototypes:
         """Load prototypes made with this model's checkpoint and settings (else InputError)."""
-        protos = Prototypes.load(path)
+        return self.use_prototypes(Prototypes.load(path), path, classes)
+
+    def use_prototypes(
+        self, protos: Prototypes, source: str | Path, classes: Sequence[int] | None = None
+    ) -> Prototypes:
+        """Use ``protos`` (from ``source``) if made with this model, settings and numerics
+        (else InputError), keeping only ``classes`` when given."""
         protos.check_compatible(
-            path,
+            source,
             self.fingerprint,
             list(classes) if classes is not None else list(protos.classes),
             self.mode,
             self.slice_interval,
             self.feature_scales,
+            self.numerics,
         )
+        made = protos.meta.get("label_resampling", "medlsam")
+        if made != self._label_resampling:
+            raise InputError(
+                f"{source}: prototypes were made with the {made} support-label resampling, not "
+                f"the {self._label_resampling} one this run uses ([run] reproduce); rebuild "
+                "them from the support scans"
+            )
         if classes is not None:
             protos.classes = {int(c): protos.classes[int(c)] for c in classes}
         self.prototypes = protos
@@ -295,40 +353,50 @@ class Localizer:
             ``extreme_points`` ``(groups, 6, 3)`` in the same frame (unclipped).
         """
         grid = medlam_image(volume, self.interpolation)
-        located = self.locate(grid)
+        located = self.locate(grid, volume.path)
+        to_file = (
+            (lambda zyx: published_file_points(grid, zyx)) if self.published else grid.to_file_index
+        )
         slice_axis = volume.slice_axis()
         result = {}
         for c, (points, inside) in located.items():
             groups = []
             for group in points:
-                lo, hi = group_box(group)
-                corners = grid.to_file_index(np.stack([lo, hi]))
+                corners = to_file(np.stack(group_box(group)))
                 box = Box3D(
                     tuple(np.rint(corners.min(axis=0)).astype(int).tolist()),  # type: ignore[arg-type]
                     tuple(np.rint(corners.max(axis=0)).astype(int).tolist()),  # type: ignore[arg-type]
                 )
-                groups.append((box, grid.to_file_index(group)))
-            groups.sort(key=lambda g: g[0].lo[slice_axis])
-            clipped = [g[0].clip(volume.shape) for g in groups] if inside else []
-            boxes = tuple(b for b in clipped if b is not None)
+                groups.append((box, to_file(group)))
+            if not self.published:  # the published code keeps its part order
+                groups.sort(key=lambda g: g[0].lo[slice_axis])
+            kept = [(g[0], g[0].clip(volume.shape)) for g in groups] if inside else []
+            kept = [(raw, box) for raw, box in kept if box is not None]
             result[c] = OrganBoxes(
                 class_id=c,
-                boxes=boxes,
+                boxes=tuple(box for _, box in kept),
                 extreme_points=np.stack([g[1] for g in groups]),
-                inside=bool(boxes),
+                inside=bool(kept),
+                raw_boxes=tuple(raw for raw, _ in kept),
             )
-            if not boxes:
+            if not kept:
                 logger.info("%s: organ %d is predicted outside the image", volume.name, c)
         return result
 
-    def locate(self, grid: MedlamInput) -> dict[int, tuple[np.ndarray, bool]]:
+    def locate(
+        self, grid: MedlamInput, source: str | Path | None = None
+    ) -> dict[int, tuple[np.ndarray, bool]]:
         """Points on the UNPADDED 3 mm LAS grid, per organ ``(groups, 6, 3)`` float64 ``(z, y, x)``,
-        and whether the organ's relative-distance box overlaps the field of view."""
+        and whether the organ's relative-distance box overlaps the field of view (always True
+        when ``published``). ``source`` (the query's file) places it in the published stream."""
         protos = self._require_prototypes()
-        rng = np.random.default_rng(self.seed)
         padded = pad(grid.array)
         shape = np.array(padded.shape)
-        centres = initial_centres(padded, rng)
+        if self.published:
+            centres = self.starts.centres(padded, source)
+        else:
+            centres = initial_centres(padded, np.random.default_rng(self.seed))
+        self.last_start_centres = centres
         codes = torch.zeros(len(centres), 3)
         for members, local, out in self._forward_unique(padded, centres, True, ()):
             codes[members] = out["fc_position"][local].cpu()
@@ -342,7 +410,7 @@ class Localizer:
         inside: dict[int, bool] = {}
         for c, pts in zip(protos.classes, np.split(points, np.cumsum(counts)[:-1]), strict=True):
             coarse[c] = pts
-            inside[c] = any(
+            inside[c] = self.published or any(
                 box_overlaps(group_box(g), grid.array.shape) for g in (pts - PAD).reshape(-1, 6, 3)
             )
         refine = [c for c in protos.classes if inside[c]] if self.feature_scales else []
