@@ -2,15 +2,17 @@
 
 Usage::
 
-    medlsam-infer --config test_word_spl_medsam.txt [--output DIR] [--device cpu|cuda|auto]
+    medlsam-infer --config test_word_spl_medsam.txt [--output DIR] [--device cpu|cuda[:N]|auto]
+                  [--sam-precision fp32|bf16|fp16] [--medlam-precision fp16|fp32]
                   [--overwrite] [--boxes-from-labels] [--organ-masks] [--dicom-seg]
                   [--shard K/N] [--debug] [--quiet]
     torchrun --nproc_per_node 4 -m medlsam.cli.infer --config X.txt      # one GPU per rank
 
 Writes, per query ``<case>``, under ``--output`` (default ``[data] seg_save_path``):
 ``<case>.nii.gz`` (label map on the query's grid), ``<case>.npz`` (label map, per-slice boxes
-and SAM predicted IoUs), ``<case>.boxes.json`` (3D boxes), PNG overlays under ``png/<case>/`` (or
-``[data] seg_png_save_path/<case>/`` without ``--output``) and one ``run.json`` for the run.
+and SAM predicted IoUs), ``<case>.boxes.json`` (3D boxes), figures under ``png/<case>/`` (or
+``[data] seg_png_save_path/<case>/`` without ``--output``; ``--no-png`` skips them), one
+``run.json`` for the run and ``report.html``, a page to look at the whole run.
 Query labels are never read, except by ``--boxes-from-labels`` (the published manual-prompt
 upper bound, written by default beside ``seg_save_path`` with the suffix ``_manual_boxes``)
 and by ``[run] use_gt_slice_threshold = True``.
@@ -34,7 +36,13 @@ import sys
 import threading
 from pathlib import Path
 
-from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
+from medlsam.cli import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_common_arguments,
+    add_device_arguments,
+    run_main,
+)
 
 
 def _shard(text: str):
@@ -58,11 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, required=True, help="a MedLSAM config (.txt/YAML)")
     parser.add_argument("--output", type=Path, help="output folder (default: [data] seg_save_path)")
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="where networks run (default: [run] device; under torchrun cuda:LOCAL_RANK)",
-    )
+    add_device_arguments(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="redo cases already finished in the output folder"
     )
@@ -91,15 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only queries K, K+N, K+2N, ... of the list (1 <= K <= N), e.g. "
         "--shard ${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}; not with torchrun",
     )
+    parser.add_argument(
+        "--no-png",
+        action="store_true",
+        help="write no figure (overlays, overviews); report.html is still written",
+    )
     add_common_arguments(parser)
     return parser
 
 
 def _body(args: argparse.Namespace) -> int:
-    from medlsam.config import load_config
+    from medlsam.config import load_config, with_precision
     from medlsam.pipeline.distributed import dist_env, run_sharded
 
-    config = load_config(args.config)
+    config = with_precision(load_config(args.config), args.sam_precision, args.medlam_precision)
     if args.organ_masks or args.dicom_seg:
         run_options = dataclasses.replace(
             config.run,
@@ -116,6 +125,7 @@ def _body(args: argparse.Namespace) -> int:
         boxes_from_labels=args.boxes_from_labels,
         progress=not args.quiet,
         raise_errors=args.debug,
+        figures=not args.no_png,
     )
     env = dist_env()
     if env is not None and env.rank != 0:  # rank 0 prints the whole run's summary

@@ -43,13 +43,14 @@ import numpy as np
 from tqdm import tqdm
 
 from medlsam.boxes import Box3D, OrganBoxes
-from medlsam.config import Config, check_case_names
+from medlsam.config import Config, check_case_names, force_reproduce
 from medlsam.dicom_seg import check_available as check_dicom_seg
 from medlsam.errors import ConfigError, InputError
 from medlsam.io import Volume, label_on_image_grid, read_image, read_label
 from medlsam.pipeline.loop import run_cases
 from medlsam.pipeline.outputs import outputs_complete, write_case
 from medlsam.pipeline.record import RunRecord, run_header
+from medlsam.pipeline.report import write_infer_report
 from medlsam.pipeline.setup import (
     build_localizer,
     check_writable,
@@ -216,7 +217,7 @@ class _Run:
     segmenter: BoxSegmenter
     localizer: LocalizerLike | None
     seg_dir: Path
-    png_dir: Path
+    png_dir: Path | None
     boxes_from_labels: bool
     progress: bool
     extra: dict[str, Any]
@@ -259,8 +260,9 @@ def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
         job.extra,
         organ_masks=cfg.run.organ_masks,
         dicom_seg=cfg.run.dicom_seg,
+        seconds=seconds,
     )
-    seconds["write"] = time.perf_counter() - t
+    seconds["write"] = time.perf_counter() - t - seconds.get("figures", 0.0)
     seconds["total"] = time.perf_counter() - began
     return {
         "image": str(data.query_images[n]),
@@ -271,7 +273,17 @@ def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
         "encoder_calls": pred.work["encoder_calls"],
         "decoder_calls": pred.work["decoder_calls"],
         "work": pred.work,
+        "organs": organ_volumes(pred.label, classes, volume.spacing),
         "outputs": outputs,
+    }
+
+
+def organ_volumes(label: np.ndarray, classes: Sequence[int], spacing: np.ndarray) -> dict:
+    """``{"<id>": {"voxels": n, "ml": volume}}`` of each class in a predicted label map."""
+    counts = np.bincount(label.ravel(), minlength=max(classes, default=0) + 1)
+    ml = float(np.prod(spacing)) / 1000.0
+    return {
+        str(c): {"voxels": int(counts[c]), "ml": round(int(counts[c]) * ml, 3)} for c in classes
     }
 
 
@@ -287,6 +299,8 @@ def run(
     raise_errors: bool = False,
     shard: Shard | None = None,
     merge: bool = True,
+    share: Any = None,
+    figures: bool = True,
 ) -> RunReport:
     """Run MedLSAM (or the manual-box baseline) on every query of ``cfg`` (or of one shard).
 
@@ -305,8 +319,18 @@ def run(
 
     ``shard`` runs only its part of the query list with its own record
     (:mod:`medlsam.pipeline.shard`); with ``merge``, the last shard to finish merges the
+    records into ``run.json``. ``share(localizer, cfg, supports, needed)``, when given, takes
+    the place of loading or fitting the prototypes and is called whether or not this process
+    has a case left (under ``torchrun`` every rank must take part:
+    :mod:`medlsam.pipeline.distributed`).
     records into ``run.json``.
+
+    ``figures=False`` (``--no-png``) writes no figure; otherwise each case's seconds spent on
+    figures are recorded as ``seconds["figures"]`` in its ``run.json`` entry. With ``merge``,
+    ``report.html`` is (re)written from the folder's records
+    (:mod:`medlsam.pipeline.report`).
     """
+    cfg = force_reproduce(cfg)
     data = cfg.data
     shard = shard or Shard()
     cases = check_case_names(cfg)
@@ -322,6 +346,8 @@ def run(
     device = resolve_device(device)
     seg_dir, png_dir = output_folders(cfg, Path(output) if output else None, boxes_from_labels)
     check_writable(seg_dir)
+    if not figures:
+        png_dir = None
 
     if segmenter is None:  # checkpoint errors surface here, before any case
         segmenter = build_segmenter(
@@ -355,14 +381,19 @@ def run(
     record.save()
     done = set(report.skipped)
     todo = [n for n in mine if cases[n] not in done]
+    fit_classic = (
+        bool(todo) and segmenter.name == "classic" and not getattr(segmenter, "models", None)
+    )
+    supports = supports_loader(cfg, keep=fit_classic)  # the classic backend reads them too
+    needs_prototypes = bool(todo) and not boxes_from_labels and hasattr(localizer, "fit")
+    if share is not None:
+        share(localizer, cfg, supports, needs_prototypes)
+    elif needs_prototypes:
+        prepare_localizer(localizer, cfg, supports)
+    if fit_classic:
+        segmenter.fit(supports(), data.fg_class)
+    del supports  # the full-resolution support scans are not needed for the queries
     if todo:
-        fit_classic = segmenter.name == "classic" and not getattr(segmenter, "models", None)
-        supports = supports_loader(cfg, keep=fit_classic)  # the classic backend reads them too
-        if not boxes_from_labels and hasattr(localizer, "fit"):
-            prepare_localizer(localizer, cfg, supports)
-        if fit_classic:
-            segmenter.fit(supports(), data.fg_class)
-        del supports  # the full-resolution support scans are not needed for the queries
         mode = "boxes_from_labels" if boxes_from_labels else data.bbox_mode.value
         extra = {"segmenter": segmenter.name, "seed": cfg.run.seed, "bbox_mode": mode}
         job = _Run(cfg, segmenter, localizer, seg_dir, png_dir, boxes_from_labels, progress, extra)
@@ -381,4 +412,6 @@ def run(
     report.record = record.doc
     if merge and shard.count > 1:
         merge_if_complete(seg_dir, shard, header, cases)
+    if merge:
+        write_infer_report(seg_dir)
     return report
