@@ -211,13 +211,17 @@ def _read_list(reader: SectionReader, key: str, list_path: Path) -> list[Path]:
         raise ConfigError(f"{reader.path}: [data] {key}: {err}") from err
 
 
-def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Config:
+def load_config(
+    path: str | os.PathLike[str], check_files: bool = True, segmenter: bool = True
+) -> Config:
     """Load a ``.txt`` (INI) or YAML config into a frozen :class:`Config`.
 
     Args:
         path: the config file.
         check_files: also check that every image, label and checkpoint named exists, and report
             all missing files together in one error.
+        segmenter: the run segments (``[weight] vit_load_path`` is checked too); False for
+            localization only, which never needs SAM weights.
 
     Raises:
         ConfigError: naming the file, the key, the value and what was expected.
@@ -328,12 +332,15 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
         ),
     )
     if check_files:
-        check_config_files(config)
+        check_config_files(config, segmenter)
     return config
 
 
-def check_config_files(config: Config) -> None:
-    """Raise one :class:`ConfigError` listing every image, label or checkpoint that is missing."""
+def check_config_files(config: Config, segmenter: bool = True) -> None:
+    """Raise one :class:`ConfigError` listing every image, label or checkpoint that is missing.
+
+    ``segmenter=False``: the SAM checkpoint is not needed (localization only).
+    """
     data = config.data
     named: list[tuple[str, Path]] = []
     named += [("support image", p) for p in data.support_images]
@@ -342,7 +349,8 @@ def check_config_files(config: Config) -> None:
     named += [("query label", p) for p in data.query_labels or ()]
     if config.weight.medlam_load_path is not None:
         named.append(("[weight] medlam_load_path", config.weight.medlam_load_path))
-    if config.weight.vit_load_path is not None and config.vit.backend != "classic":
+    needs_sam = segmenter and config.vit.backend != "classic"
+    if config.weight.vit_load_path is not None and needs_sam:
         named.append(("[weight] vit_load_path", config.weight.vit_load_path))
     missing = [f"{what} {p}" for what, p in named if not p.exists()]
     if not data.query_images:

@@ -30,6 +30,7 @@ CORE = {
     "preprocess": 6,
     "checkpoint": 6,
     "boxplot": 6,
+    "api": 19,  # the public functions: above every stage, below the commands
 }
 
 #: subpackages (every module inside shares the rank)

@@ -15,7 +15,6 @@ Status of an organ in a case: ``ok`` (in both), ``empty_prediction`` (in the ref
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlsam.boxes import Box3D, box_iou
+from medlsam.boxes import Box3D, box_iou, read_boxes_json
 from medlsam.errors import InputError
 from medlsam.evaluation import metrics
 from medlsam.io import KNOWN_SUFFIXES, Volume, case_name, read_label
@@ -215,20 +214,6 @@ def align_to_label(pred: Volume, label: Volume) -> tuple[np.ndarray, np.ndarray,
         flips = tuple(a for a in range(3) if signs[a] < 0)
         data = np.flip(data, axis=flips) if flips else data
     return data, matrix.astype(int), offset.astype(int)
-
-
-def read_boxes_json(path: Path) -> dict:
-    """The ``classes`` mapping of a ``<case>.boxes.json`` file (schema in :mod:`medlsam.boxes`)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        classes = doc["classes"]
-        if not isinstance(classes, dict):
-            raise TypeError("'classes' is not a mapping")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(
-            f'{path}: not a boxes file ({err}); expected JSON with "classes": {{id: {{boxes}}}}'
-        ) from err
-    return classes
 
 
 def predicted_box(

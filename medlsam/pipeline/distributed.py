@@ -8,21 +8,22 @@ no shared file system for the record (the masks are where each rank wrote them).
 collective timeout is :data:`DIST_TIMEOUT_S` (``MEDLSAM_DIST_TIMEOUT_S`` overrides it): ranks
 that finish early wait that long for the slowest one.
 
-(:mod:`medlsam.pipeline.shard` defines the shards and the records; this module sits above
-:mod:`medlsam.pipeline.run` so that neither imports the other in a cycle.)
+:func:`run_sharded` drives any command's run function (``medlsam-infer``'s
+:func:`medlsam.pipeline.run.run`, ``medlsam-localize``'s
+:func:`medlsam.pipeline.localize.localize`), which it is given; :mod:`medlsam.pipeline.shard`
+defines the shards and the records.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from medlsam.errors import ConfigError
-from medlsam.pipeline.run import run
-from medlsam.pipeline.shard import RECORD, Shard, merge_records
+from medlsam.pipeline.shard import Shard, merge_records, record_name
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +111,22 @@ def finish(device: str) -> None:
         dist.destroy_process_group()
 
 
-def run_sharded(cfg: Any, device: str = "auto", shard: Shard | None = None, **options: Any) -> Any:
-    """:func:`medlsam.pipeline.run.run` on this process's part of the queries.
+def run_sharded(
+    run: Callable[..., Any],
+    cfg: Any,
+    device: str = "auto",
+    shard: Shard | None = None,
+    **options: Any,
+) -> Any:
+    """``run(cfg, device=, shard=, merge=, **options)`` on this process's part of the queries.
+
+    ``run`` is a command's run function (:func:`medlsam.pipeline.run.run` or
+    :func:`medlsam.pipeline.localize.localize`); it returns a
+    :class:`~medlsam.pipeline.loop.RunReport`.
 
     Outside ``torchrun``: ``shard`` (default: everything). Under ``torchrun`` with several
     ranks: the rank's shard on its device; then the records are gathered, rank 0 writes the
-    merged ``run.json``, every rank waits for it, and every rank returns a report of the
+    merged record, every rank waits for it, and every rank returns a report of the
     WHOLE run (every rank's ``ok``, ``skipped`` and ``failed`` cases).
 
     Raises:
@@ -143,15 +154,14 @@ def run_sharded(cfg: Any, device: str = "auto", shard: Shard | None = None, **op
         everyone = gather_objects(env, mine, here)
         if env.rank == 0:
             header = {k: v for k, v in report.record.items() if k != "cases"}
-            path = merge_records(
-                report.output, header, [e["record"] for e in everyone], report.order
-            )
+            docs = [e["record"] for e in everyone]
+            path = merge_records(report.output, header, docs, report.order, report.shard.stem)
             logger.info("%d ranks finished: records merged into %s", env.world_size, path)
     finally:
         finish(here)
     report.ok = [c for e in everyone for c in e["ok"]]
     report.skipped = [c for e in everyone for c in e["skipped"]]
     report.failed = [(c, m) for e in everyone for c, m in e["failed"]]
-    report.cases, report.shard = list(report.order), Shard()
-    report.run_json = report.output / RECORD
+    report.cases, report.shard = list(report.order), Shard(stem=report.shard.stem)
+    report.run_json = report.output / record_name(report.shard.stem)
     return report

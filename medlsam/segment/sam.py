@@ -196,6 +196,9 @@ class SamSegmenter:
         self.stats = SegmenterStats()
         self._lock = threading.Lock()
 
+    #: SAM needs no support scans (it is prompted with boxes only)
+    needs_supports = False
+
     def fit(self, supports: Sequence[tuple[Volume, Volume]], classes: Sequence[int]) -> None:
         """Nothing to learn: SAM is prompted by boxes only."""
 
