@@ -211,6 +211,59 @@ def _read_list(reader: SectionReader, key: str, list_path: Path) -> list[Path]:
         raise ConfigError(f"{reader.path}: [data] {key}: {err}") from err
 
 
+def _read_classes(reader: SectionReader) -> tuple[list[int], dict[int, str]]:
+    """``[data] fg_class`` (positive ids, no repeats) and ``fg_class_name`` (one per id)."""
+    fg = reader.get("data", "fg_class")
+    if isinstance(fg, int) and not isinstance(fg, bool):
+        fg = [fg]
+    if (
+        not isinstance(fg, list)
+        or not fg
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in fg)
+    ):
+        raise reader.fail(
+            "data", "fg_class", fg, "a non-empty list of positive class ids, e.g. [1, 2, 3]"
+        )
+    if len(set(fg)) != len(fg):
+        raise reader.fail("data", "fg_class", fg, "class ids without repeats")
+    names_value = reader.get("data", "fg_class_name")
+    if names_value is None:
+        return fg, {c: f"class_{c}" for c in fg}
+    if not isinstance(names_value, list) or len(names_value) != len(fg):
+        raise reader.fail(
+            "data", "fg_class_name", names_value, f"a list of {len(fg)} names, one per fg_class"
+        )
+    return fg, {c: str(n) for c, n in zip(fg, names_value)}
+
+
+def _read_box_options(reader: SectionReader) -> tuple[str, int | None, list[str]]:
+    """``[data] bbox_mode``, ``slice_interval`` (None: off) and ``feature_scale_ls``."""
+    mode = reader.choice("data", "bbox_mode", "WPL", tuple(m.value for m in BoxMode))
+    interval = reader.get("data", "slice_interval")
+    if interval is False or interval is None:
+        interval = None
+    elif isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise reader.fail(
+            "data", "slice_interval", interval, "a positive integer (3 mm voxels) or False"
+        )
+    if mode == "SPL" and interval is None:
+        raise reader.fail(
+            "data", "slice_interval", False, "a positive integer when bbox_mode = SPL"
+        )
+    scales = reader.get("data", "feature_scale_ls", list(FEATURE_SCALES))
+    if not isinstance(scales, list):
+        scales = []  # the published meaning: a non-list value (False) switches refinement off
+    for scale in scales:
+        if scale not in FEATURE_SCALES:
+            raise reader.fail(
+                "data",
+                "feature_scale_ls",
+                scales,
+                f"a list of {', '.join(FEATURE_SCALES)}{suggest(str(scale), FEATURE_SCALES)}",
+            )
+    return mode, interval, scales
+
+
 def load_config(
     path: str | os.PathLike[str], check_files: bool = True, segmenter: bool = True
 ) -> Config:
@@ -229,53 +282,8 @@ def load_config(
     path = Path(path)
     reader = SectionReader(path, read_raw(path), _KNOWN)
 
-    fg = reader.get("data", "fg_class")
-    if isinstance(fg, int) and not isinstance(fg, bool):
-        fg = [fg]
-    if (
-        not isinstance(fg, list)
-        or not fg
-        or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in fg)
-    ):
-        raise reader.fail(
-            "data", "fg_class", fg, "a non-empty list of positive class ids, e.g. [1, 2, 3]"
-        )
-    if len(set(fg)) != len(fg):
-        raise reader.fail("data", "fg_class", fg, "class ids without repeats")
-    names_value = reader.get("data", "fg_class_name")
-    if names_value is None:
-        class_names = {c: f"class_{c}" for c in fg}
-    else:
-        if not isinstance(names_value, list) or len(names_value) != len(fg):
-            raise reader.fail(
-                "data", "fg_class_name", names_value, f"a list of {len(fg)} names, one per fg_class"
-            )
-        class_names = {c: str(n) for c, n in zip(fg, names_value)}
-
-    mode = reader.choice("data", "bbox_mode", "WPL", tuple(m.value for m in BoxMode))
-    interval = reader.get("data", "slice_interval")
-    if interval is False or interval is None:
-        interval = None
-    elif isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise reader.fail(
-            "data", "slice_interval", interval, "a positive integer (3 mm voxels) or False"
-        )
-    if mode == "SPL" and interval is None:
-        raise reader.fail(
-            "data", "slice_interval", False, "a positive integer when bbox_mode = SPL"
-        )
-
-    scales = reader.get("data", "feature_scale_ls", list(FEATURE_SCALES))
-    if not isinstance(scales, list):
-        scales = []  # the published meaning: a non-list value (False) switches refinement off
-    for scale in scales:
-        if scale not in FEATURE_SCALES:
-            raise reader.fail(
-                "data",
-                "feature_scale_ls",
-                scales,
-                f"a list of {', '.join(FEATURE_SCALES)}{suggest(str(scale), FEATURE_SCALES)}",
-            )
+    fg, class_names = _read_classes(reader)
+    mode, interval, scales = _read_box_options(reader)
 
     data_paths = {
         key: reader.path_value("data", key)
