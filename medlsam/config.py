@@ -67,6 +67,8 @@ FEATURE_SCALES: tuple[str, ...] = ("feature0", "feature1", "feature2")
 MEDSAM_NORMALIZATIONS: tuple[str, ...] = ("imagenet", "unit")
 OVERLAP_RULES: tuple[str, ...] = ("score", "later")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: HD95 definitions ``medlsam-eval --hd95`` takes (:mod:`medlsam.evaluation.metrics`).
+HD95_DEFINITIONS: tuple[str, ...] = ("monai", "pooled")
 
 
 @dataclass(frozen=True)

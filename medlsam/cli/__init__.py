@@ -125,7 +125,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, devices_help: str) -> Non
 
     parser.add_argument("--config", type=Path, required=True, help="a MedLSAM config (.txt/YAML)")
     parser.add_argument("--output", type=Path, help="output folder (default: [data] seg_save_path)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help=devices_help)
+    from medlsam.config import DEVICES
+
+    parser.add_argument("--device", choices=DEVICES, help=devices_help)
     parser.add_argument(
         "--overwrite", action="store_true", help="redo cases already finished in the output folder"
     )

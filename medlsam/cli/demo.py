@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
+from medlsam.config import DEVICES
 from medlsam.errors import CheckpointError
 
 #: Support scans of the demo (the published configs use 5).
@@ -63,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("medlsam_demo"),
         help="output folder (default ./medlsam_demo)",
     )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto"
-    )
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     parser.add_argument(
         "--queries", type=int, default=3, help="number of query phantoms (default 3)"
     )
