@@ -19,8 +19,9 @@ already done unless ``--overwrite``; ``--shard`` and ``torchrun`` split the quer
 or SIGTERM removes the query in progress (exit code 130) and the same command resumes.
 
 With ``query_label_ls``, the boxes are scored (see :mod:`~medlsam.evaluation.box_metrics`):
-``iou.txt`` and ``wd.txt`` in the published text format, plus ``box_metrics.csv`` and
-``box_metrics.json``.
+``iou.txt`` and ``wd.txt`` in the published layout (one ``MedLAM box IoU for class <k>: mean
++- std`` line per class; the published files called these MedLAM boxes "MedSAM IOU"), plus
+``box_metrics.csv`` and ``box_metrics.json``.
 """
 
 from __future__ import annotations

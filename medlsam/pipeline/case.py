@@ -19,7 +19,7 @@ from tqdm import tqdm
 from medlsam.boxes import Box3D, OrganBoxes
 from medlsam.config import Config
 from medlsam.errors import InputError
-from medlsam.io import Volume, same_grid
+from medlsam.io import Volume, label_on_image_grid
 from medlsam.localization.base import BoxLocalizer
 from medlsam.segment.assemble import (
     LabelAssembler,
@@ -49,14 +49,11 @@ def truth_boxes(reference: np.ndarray, classes: Sequence[int]) -> dict[int, Orga
     return organs
 
 
-def _check_reference(volume: Volume, reference: Volume | None, needs_labels: bool) -> None:
+def _check_reference(volume: Volume, reference: Volume | None, needs_labels: bool) -> Volume | None:
+    """The reference on the image's grid (reoriented where its axes are flipped/permuted)."""
     if needs_labels and reference is None:
         raise InputError(f"{volume.path}: this mode needs the query's label map")
-    if reference is not None and not same_grid(volume, reference):
-        raise InputError(
-            f"{reference.path}: label grid {reference.shape} does not match its image "
-            f"{volume.path} {volume.shape}"
-        )
+    return label_on_image_grid(reference, volume) if reference is not None else None
 
 
 def case_prompts(
@@ -149,7 +146,8 @@ def run_case(
         rng: the baseline's generator (default: :func:`case_rng`).
         progress: show a progress bar over the segmented slices.
     """
-    _check_reference(volume, reference, boxes_from_labels or cfg.run.use_gt_slice_threshold)
+    needs_labels = boxes_from_labels or cfg.run.use_gt_slice_threshold
+    reference = _check_reference(volume, reference, needs_labels)
     seconds: dict[str, float] = {}
     organs, requests = case_prompts(
         volume, localizer, cfg, reference, boxes_from_labels, rng, seconds

@@ -15,6 +15,7 @@ a resumed run reports every case, and the run writes ``iou.txt``, ``wd.txt``,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -24,9 +25,8 @@ from typing import Any
 
 from medlsam.boxes import write_boxes_json
 from medlsam.config import Config, check_case_names
-from medlsam.errors import InputError
 from medlsam.evaluation.box_metrics import BoxScore, score_organ, summarize, write_reports
-from medlsam.io import case_name, read_image, read_label, same_grid
+from medlsam.io import label_on_image_grid, read_image, read_label
 from medlsam.localization.base import BoxLocalizer, FewShotLocalizer
 from medlsam.pipeline.loop import RunOptions, RunReport, run_options, run_task
 from medlsam.pipeline.record import localize_header
@@ -98,10 +98,10 @@ class LocalizeTask:
     def do_case(self, n: int, bar: Any) -> dict[str, Any]:
         data = self.cfg.data
         path = data.query_images[n]
-        case = case_name(path)
+        case = data.query_cases[n]
         began = time.perf_counter()
         bar.set_postfix_str(f"{case}: localize")
-        volume = read_image(path)
+        volume = dataclasses.replace(read_image(path), case=case)
         organs = self.localizer.predict(volume)
         scores = self._score(n, volume, organs) if data.query_labels is not None else None
         extra = {"bbox_mode": data.bbox_mode.value, "seed": self.cfg.run.seed}
@@ -121,12 +121,7 @@ class LocalizeTask:
     def _score(self, n: int, volume: Any, organs: dict) -> list[BoxScore]:
         data = self.cfg.data
         label_path = data.query_labels[n]  # type: ignore[index]
-        label = read_label(label_path)
-        if not same_grid(volume, label):
-            raise InputError(
-                f"{label_path}: label grid {label.shape} does not match its image "
-                f"{volume.path} {volume.shape}"
-            )
+        label = label_on_image_grid(read_label(label_path), volume)
         axis = volume.slice_axis()
         return [
             score_organ(volume.name, organs[c], label.data == c, volume.spacing, axis)

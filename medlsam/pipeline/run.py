@@ -30,14 +30,16 @@ name), so results do not depend on the order or the sharding of the query list.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medlsam.config import Config, check_case_names
+from medlsam.dicom_seg import check_available as check_dicom_seg
 from medlsam.errors import ConfigError
-from medlsam.io import Volume, case_name, read_image, read_label
+from medlsam.io import Volume, read_image, read_label
 from medlsam.localization.base import BoxLocalizer, FewShotLocalizer
 from medlsam.pipeline.case import case_rng, run_case, truth_boxes  # noqa: F401 (public names)
 from medlsam.pipeline.loop import RunOptions, RunReport, run_options, run_task
@@ -71,7 +73,7 @@ class InferTask:
     stem: str = RUN
 
     def complete(self, case: str) -> bool:
-        return outputs_complete(self.folder, case)
+        return outputs_complete(self.folder, case, self.cfg.run.organ_masks)
 
     def remove(self, case: str) -> None:
         remove_case(self.folder, self.png_dir, case)
@@ -102,7 +104,7 @@ class InferTask:
 
 def _read_query(task: InferTask, n: int) -> tuple[Volume, Volume | None]:
     data = task.cfg.data
-    volume = read_image(data.query_images[n])
+    volume = dataclasses.replace(read_image(data.query_images[n]), case=data.query_cases[n])
     reference = None
     if task.options.boxes_from_labels or task.cfg.run.use_gt_slice_threshold:
         reference = read_label(data.query_labels[n])  # type: ignore[index]
@@ -112,7 +114,7 @@ def _read_query(task: InferTask, n: int) -> tuple[Volume, Volume | None]:
 def _do_case(task: InferTask, n: int, bar: Any) -> dict[str, Any]:
     """Read, localize, segment and write query ``n``; returns its ``run.json`` entry."""
     cfg, data = task.cfg, task.cfg.data
-    case = case_name(data.query_images[n])
+    case = data.query_cases[n]
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     bar.set_postfix_str(f"{case}: read")
@@ -134,7 +136,15 @@ def _do_case(task: InferTask, n: int, bar: Any) -> dict[str, Any]:
     t = time.perf_counter()
     classes = [int(c) for c in data.fg_class]
     outputs = write_case(
-        pred, volume, task.folder, task.png_dir, classes, data.class_names, task.extra
+        pred,
+        volume,
+        task.folder,
+        task.png_dir,
+        classes,
+        data.class_names,
+        task.extra,
+        organ_masks=cfg.run.organ_masks,
+        dicom_seg=cfg.run.dicom_seg,
     )
     seconds["write"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - began
@@ -184,6 +194,8 @@ def run(cfg: Config, options: RunOptions | str | None = None, **overrides: Any) 
     opts = run_options(options, **overrides)
     cases = check_case_names(cfg)
     _check_label_modes(cfg, opts.boxes_from_labels)
+    if cfg.run.dicom_seg:
+        check_dicom_seg()  # highdicom missing: one line before any case
     device = resolve_device(opts.device)
     output = Path(opts.output) if opts.output else None
     seg_dir, png_dir = output_folders(cfg, output, opts.boxes_from_labels)
