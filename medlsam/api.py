@@ -42,6 +42,7 @@ def infer(
     boxes_from_labels: bool = False,
     progress: bool = False,
     raise_errors: bool = False,
+    figures: bool = True,
 ) -> Any:
     """Localize and segment every query of ``config``; write one label map per query.
 
@@ -55,6 +56,7 @@ def infer(
         boxes_from_labels: the manual-prompt upper bound (reads the query labels).
         progress: show progress bars.
         raise_errors: re-raise a case's error instead of recording it and going on.
+        figures: write the PNG figures (False: none; ``report.html`` is still written).
 
     Returns:
         a :class:`~medlsam.pipeline.loop.RunReport`: ``ok``, ``skipped`` and ``failed``
@@ -75,6 +77,7 @@ def infer(
         boxes_from_labels=boxes_from_labels,
         progress=progress,
         raise_errors=raise_errors,
+        figures=figures,
     )
 
 
@@ -119,6 +122,7 @@ def evaluate(
     predictions: PathLike | Sequence[PathLike],
     labels: Mapping[str, Path] | Sequence[PathLike],
     output: PathLike | None = None,
+    figures: bool = True,
     **options: Any,
 ) -> Any:
     """Score predicted label maps (and their boxes) against reference label maps.
@@ -127,8 +131,9 @@ def evaluate(
         predictions: a folder of ``<case>.nii.gz`` (and ``<case>.boxes.json``), or several
             (the shards of one run).
         labels: reference label files (cases named after the files) or ``{case: file}``.
-        output: where to write ``summary.json``, ``per_case.csv``, ``dsc.txt``, ``hd95.txt``
-            and the box plot (default: nothing is written).
+        output: where to write ``summary.json``, ``per_case.csv``, ``dsc.txt``, ``hd95.txt``,
+            the figures and ``report.html`` (default: nothing is written).
+        figures: draw the box plots and case overviews (with ``output``).
         options: :class:`~medlsam.evaluation.folder.EvalOptions` fields (``classes``,
             ``class_names``, ``tolerance_mm``, ``hd95_definition``, ``workers``, ...).
 
@@ -141,7 +146,7 @@ def evaluate(
     labels_in = labels if isinstance(labels, Mapping) else [Path(p) for p in labels]
     result = score_folder(predictions, labels_in, **options)
     if output is not None:
-        result.written = result.write(output)
+        result.written = result.write(output, figures=figures)
     return result
 
 

@@ -28,18 +28,17 @@ CORE = {
     "weights": 3,
     "config": 4,
     "boxes": 5,
-    "png": 5,
     "records": 5,
     "download": 5,
     "dicom_seg": 5,
     "preprocess": 6,
     "checkpoint": 6,
-    "boxplot": 6,
     "api": 19,  # the public functions: above every stage, below the commands
 }
 
 #: subpackages (every module inside shares the rank)
 PACKAGES = {
+    "figures": 6,
     "synth": 7,
     "localization": 10,
     "segment": 10,
@@ -67,6 +66,7 @@ TORCH_FREE = {
     "dicom_seg",
     "preprocess",
     "evaluation",
+    "figures",
 }
 
 

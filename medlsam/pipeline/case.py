@@ -29,6 +29,7 @@ from medlsam.segment.assemble import (
     label_prompts,
     organ_prompts,
     prompt_table,
+    published_prompts,
 )
 from medlsam.segment.base import BoxSegmenter, SliceRequest
 
@@ -80,7 +81,8 @@ def case_prompts(
         organs = localizer.predict(volume)
         seconds["localize"] = time.perf_counter() - began
         began = time.perf_counter()
-        prompts = organ_prompts(organs, volume.shape, axis, classes)
+        make = published_prompts if cfg.run.published else organ_prompts
+        prompts = make(organs, volume.shape, axis, classes)
     if cfg.run.use_gt_slice_threshold:
         assert reference is not None
         keep = gt_slice_filter(reference.data, classes, axis, cfg.data.gt_slice_threshold or 0)

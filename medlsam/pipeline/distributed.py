@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medlsam.errors import ConfigError
-from medlsam.pipeline.shard import Shard, merge_records, record_name
+from medlsam.pipeline.shard import RUN, Shard, merge_records, record_name
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,10 @@ def run_sharded(
             docs = [e["record"] for e in everyone]
             path = merge_records(report.output, header, docs, report.order, report.shard.stem)
             logger.info("%d ranks finished: records merged into %s", env.world_size, path)
+            if report.shard.stem == RUN:  # medlsam-infer's run: its report.html
+                from medlsam.pipeline.report import write_infer_report
+
+                write_infer_report(report.output)
     finally:
         finish(here)
     report.ok = [c for e in everyone for c in e["ok"]]

@@ -91,6 +91,7 @@ class RunOptions:
         shard: run only this shard of the query list (default: all of it).
         merge: the last shard to finish merges the shard records.
         segmenter, localizer: components built already (tests, or reuse between runs).
+        figures: ``medlsam-infer`` only: write the PNG figures (``--no-png``: none).
     """
 
     device: str = "auto"
@@ -103,6 +104,7 @@ class RunOptions:
     merge: bool = True
     segmenter: Any = None
     localizer: Any = None
+    figures: bool = True
 
 
 def run_options(options: RunOptions | str | None = None, **overrides: Any) -> RunOptions:

@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from medlsam.config import Config, check_case_names
 from medlsam.dicom_seg import check_available as check_dicom_seg
@@ -45,6 +48,7 @@ from medlsam.pipeline.case import case_rng, run_case, truth_boxes  # noqa: F401 
 from medlsam.pipeline.loop import RunOptions, RunReport, run_options, run_task
 from medlsam.pipeline.outputs import outputs_complete, remove_case, write_case
 from medlsam.pipeline.record import run_header
+from medlsam.pipeline.report import write_infer_report
 from medlsam.pipeline.setup import (
     build_localizer,
     check_writable,
@@ -67,7 +71,7 @@ class InferTask:
     segmenter: BoxSegmenter
     localizer: BoxLocalizer | None
     folder: Path
-    png_dir: Path
+    png_dir: Path | None
     header: dict[str, Any]
     options: RunOptions
     stem: str = RUN
@@ -145,8 +149,9 @@ def _do_case(task: InferTask, n: int, bar: Any) -> dict[str, Any]:
         task.extra,
         organ_masks=cfg.run.organ_masks,
         dicom_seg=cfg.run.dicom_seg,
+        seconds=seconds,
     )
-    seconds["write"] = time.perf_counter() - t
+    seconds["write"] = time.perf_counter() - t - seconds.get("figures", 0.0)
     seconds["total"] = time.perf_counter() - began
     return {
         "image": str(data.query_images[n]),
@@ -157,14 +162,28 @@ def _do_case(task: InferTask, n: int, bar: Any) -> dict[str, Any]:
         "encoder_calls": pred.work["encoder_calls"],
         "decoder_calls": pred.work["decoder_calls"],
         "work": pred.work,
+        "organs": organ_volumes(pred.label, classes, volume.spacing),
         "outputs": outputs,
+    }
+
+
+def organ_volumes(label: np.ndarray, classes: Sequence[int], spacing: np.ndarray) -> dict:
+    """``{"<id>": {"voxels": n, "ml": volume}}`` of each class in a predicted label map."""
+    counts = np.bincount(label.ravel(), minlength=max(classes, default=0) + 1)
+    ml = float(np.prod(spacing)) / 1000.0
+    return {
+        str(c): {"voxels": int(counts[c]), "ml": round(int(counts[c]) * ml, 3)} for c in classes
     }
 
 
 def _check_label_modes(cfg: Config, boxes_from_labels: bool) -> None:
     if (boxes_from_labels or cfg.run.use_gt_slice_threshold) and cfg.data.query_labels is None:
         why = "--boxes-from-labels" if boxes_from_labels else "[run] use_gt_slice_threshold"
-        raise ConfigError(f"{cfg.path}: {why} needs [data] query_label_ls (the query labels)")
+        hint = ""
+        if not boxes_from_labels and cfg.run.published:
+            why += " (on by default with [run] reproduce = published)"
+            hint = "; or set [run] use_gt_slice_threshold = False"
+        raise ConfigError(f"{cfg.path}: {why} needs [data] query_label_ls (the query labels){hint}")
 
 
 def run(cfg: Config, options: RunOptions | str | None = None, **overrides: Any) -> RunReport:
@@ -190,6 +209,11 @@ def run(cfg: Config, options: RunOptions | str | None = None, **overrides: Any) 
     ``shard`` runs only its part of the query list with its own record
     (:mod:`medlsam.pipeline.shard`); with ``merge``, the last shard to finish merges the
     records into ``run.json``.
+
+    ``figures=False`` (``--no-png``) writes no figure; otherwise each case's seconds spent on
+    figures are recorded as ``seconds["figures"]`` in its ``run.json`` entry. With ``merge``,
+    ``report.html`` is (re)written from the folder's records
+    (:mod:`medlsam.pipeline.report`).
     """
     opts = run_options(options, **overrides)
     cases = check_case_names(cfg)
@@ -200,12 +224,19 @@ def run(cfg: Config, options: RunOptions | str | None = None, **overrides: Any) 
     output = Path(opts.output) if opts.output else None
     seg_dir, png_dir = output_folders(cfg, output, opts.boxes_from_labels)
     check_writable(seg_dir)
+    if not opts.figures:
+        png_dir = None
     segmenter = opts.segmenter
     if segmenter is None:  # checkpoint errors surface here, before any case
-        segmenter = build_segmenter(cfg.vit, cfg.weight.vit_load_path, device)
+        segmenter = build_segmenter(
+            cfg.vit, cfg.weight.vit_load_path, device, published=cfg.run.published
+        )
     localizer = opts.localizer
     if localizer is None and not opts.boxes_from_labels:
         localizer = build_localizer(cfg, device)
     header = run_header(cfg, device, segmenter, localizer, opts.boxes_from_labels)
     task = InferTask(cfg, segmenter, localizer, seg_dir, png_dir, header, opts)
-    return run_task(task, cases, cfg.data.query_images, opts)
+    report = run_task(task, cases, cfg.data.query_images, opts)
+    if opts.merge:
+        write_infer_report(seg_dir)
+    return report

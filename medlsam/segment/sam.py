@@ -44,7 +44,13 @@ from segment_anything.modeling import Sam
 from medlsam.checkpoint import describe, file_sha256, fit_problems, load_weights
 from medlsam.errors import CheckpointError
 from medlsam.io import Volume
-from medlsam.preprocess import SAM_WINDOW, sam_slice, slice_2d, slice_frame
+from medlsam.preprocess import (
+    SAM_WINDOW,
+    sam_slice,
+    sam_window_published,
+    slice_2d,
+    slice_frame,
+)
 from medlsam.segment.base import FRAME, SegmenterStats, SliceRequest, SliceResult, nearest_index
 from medlsam.segment.fast import accelerate_image_encoder
 
@@ -153,6 +159,9 @@ class SamSegmenter:
         workers: threads preparing slice images ahead of the encoder (default 4 on CUDA, 1).
         checkpoint_sha256: recorded in ``run.json``.
         zero_raw_zero: force voxels of exactly 0 HU to black, as the published code does.
+        window: ``"medlsam"`` (float window resized, then clipped to uint8) or ``"published"``
+            (the published slice exactly: :func:`medlsam.preprocess.sam_window_published`, then
+            the order-2 resize; 0 HU black, int32 truncation before resizing).
     """
 
     def __init__(
@@ -167,6 +176,7 @@ class SamSegmenter:
         checkpoint_sha256: str | None = None,
         zero_raw_zero: bool = False,
         fast_encoder: bool = True,
+        window: str = "medlsam",
     ) -> None:
         if model.image_encoder.img_size != FRAME:
             raise ValueError(f"SAM input size must be {FRAME}, not {model.image_encoder.img_size}")
@@ -193,6 +203,9 @@ class SamSegmenter:
         self.autocast_dtype = autocast_dtype if cuda else None
         self.checkpoint_sha256 = checkpoint_sha256
         self.zero_raw_zero = zero_raw_zero
+        if window not in ("medlsam", "published"):
+            raise ValueError(f"window must be 'medlsam' or 'published', not {window!r}")
+        self.window = window
         self.stats = SegmenterStats()
         self._lock = threading.Lock()
 
@@ -295,6 +308,11 @@ class SamSegmenter:
         """
         began = time.perf_counter()
         plane = slice_2d(volume.data, axis, index)
+        if self.window == "published":
+            image = sam_slice(sam_window_published(plane, lo, hi))
+            with self._lock:
+                self.stats.add_time("slice_preprocess", time.perf_counter() - began)
+            return image
         clipped = np.clip(plane, *SAM_WINDOW).astype(np.float32)
         scaled = (clipped - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(clipped)
         if self.zero_raw_zero:
