@@ -2,7 +2,8 @@
 
 Usage::
 
-    medlsam-infer --config test_word_spl_medsam.txt [--output DIR] [--device cpu|cuda|auto]
+    medlsam-infer --config test_word_spl_medsam.txt [--output DIR] [--device cpu|cuda[:N]|auto]
+                  [--sam-precision fp32|bf16|fp16] [--medlam-precision fp16|fp32]
                   [--overwrite] [--boxes-from-labels] [--organ-masks] [--dicom-seg]
                   [--shard K/N] [--debug] [--quiet]
     torchrun --nproc_per_node 4 -m medlsam.cli.infer --config X.txt      # one GPU per rank
@@ -49,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "slice by slice with SAM, MedSAM or the weight-free classic backend, and write one label "
         "map per query.",
     )
-    add_run_arguments(
-        parser, "where networks run (default: [run] device; under torchrun cuda:LOCAL_RANK)"
-    )
+    add_run_arguments(parser)
     parser.add_argument(
         "--boxes-from-labels",
         action="store_true",
@@ -81,10 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _body(args: argparse.Namespace) -> int:
     from medlsam.api import infer
-    from medlsam.config import load_config
+    from medlsam.config import load_config, with_precision
     from medlsam.pipeline.distributed import dist_env
 
-    config = load_config(args.config)
+    config = with_precision(load_config(args.config), args.sam_precision, args.medlam_precision)
     if args.organ_masks or args.dicom_seg:
         run_options = dataclasses.replace(
             config.run,

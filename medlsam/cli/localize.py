@@ -2,8 +2,9 @@
 
 Usage::
 
-    medlsam-localize --config test_word_medlam.txt [--output DIR] [--device cpu|cuda|auto]
-                     [--overwrite] [--shard K/N] [--debug] [--quiet]
+    medlsam-localize --config test_word_medlam.txt [--output DIR] [--device cpu|cuda[:N]|auto]
+                     [--medlam-precision fp16|fp32] [--overwrite] [--shard K/N] [--debug]
+                     [--quiet]
     torchrun --nproc_per_node 4 -m medlsam.cli.localize --config X.txt   # one GPU per rank
 
 Builds MedLAM from ``[weight] medlam_load_path`` (SAM weights are never needed); takes
@@ -48,20 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Localize organs in CT queries with MedLAM and a few annotated support "
         "scans; write one <case>.boxes.json per query (and box IoU/WD where labels are given).",
     )
-    add_run_arguments(
-        parser, "where MedLAM runs (default: [run] device; under torchrun cuda:LOCAL_RANK)"
-    )
+    add_run_arguments(parser, sam=False)
     add_common_arguments(parser)
     return parser
 
 
 def _body(args: argparse.Namespace) -> int:
     from medlsam.api import localize
+    from medlsam.config import load_config, with_precision
     from medlsam.evaluation.box_metrics import report_text
     from medlsam.pipeline.distributed import dist_env
 
+    config = with_precision(load_config(args.config, segmenter=False), medlam=args.medlam_precision)
     report = localize(
-        args.config,
+        config,
         output=args.output,
         device=args.device,
         overwrite=args.overwrite,

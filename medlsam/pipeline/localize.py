@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medlsam.boxes import write_boxes_json
-from medlsam.config import Config, check_case_names
+from medlsam.config import Config, check_case_names, force_reproduce
 from medlsam.evaluation.box_metrics import BoxScore, score_organ, summarize, write_reports
 from medlsam.io import label_on_image_grid, read_image, read_label
 from medlsam.localization.base import BoxLocalizer, FewShotLocalizer
@@ -33,7 +33,7 @@ from medlsam.pipeline.record import localize_header
 from medlsam.pipeline.setup import (
     build_localizer,
     check_writable,
-    prepare_localizer,
+    prepare_or_share,
     resolve_device,
     supports_loader,
 )
@@ -79,6 +79,7 @@ class LocalizeTask:
     folder: Path
     header: dict[str, Any]
     stem: str = LOCALIZE
+    share: Any = None
 
     def boxes_file(self, case: str) -> Path:
         return self.folder / f"{case}.boxes.json"
@@ -90,10 +91,12 @@ class LocalizeTask:
     def remove(self, case: str) -> None:
         self.boxes_file(case).unlink(missing_ok=True)
 
-    def prepare(self) -> None:
-        """Load the prototypes, or fit them on the support scans (streamed one at a time)."""
-        if isinstance(self.localizer, FewShotLocalizer):
-            prepare_localizer(self.localizer, self.cfg, supports_loader(self.cfg, keep=False))
+    def prepare(self, needed: bool) -> None:
+        """Load the prototypes, or fit them on the support scans (streamed one at a time),
+        when ``needed`` (some case is left); ``share`` is called either way."""
+        needs_prototypes = needed and isinstance(self.localizer, FewShotLocalizer)
+        supports = supports_loader(self.cfg, keep=False)
+        prepare_or_share(self.share, self.localizer, self.cfg, supports, needs_prototypes)
 
     def do_case(self, n: int, bar: Any) -> dict[str, Any]:
         data = self.cfg.data
@@ -150,7 +153,8 @@ def localize(
 
     ``options`` (:class:`~medlsam.pipeline.loop.RunOptions`, or its fields as keywords):
     ``device``, ``output``, ``overwrite``, ``progress``, ``raise_errors``, ``shard``,
-    ``merge`` and a ``localizer`` built already. A re-run skips cases that the folder's
+    ``merge``, ``share`` (the prototypes under ``torchrun``) and a ``localizer`` built
+    already. A re-run skips cases that the folder's
     ``localize`` records mark ``ok`` and whose boxes file exists. Needs MedLAM weights only
     (``[weight] medlam_load_path``), never SAM's.
 
@@ -159,12 +163,14 @@ def localize(
         ``box_metrics.csv``/``.json`` are written too (a shard: by the one that merges).
     """
     opts = run_options(options, **overrides)
+    cfg = force_reproduce(cfg)
     cases = check_case_names(cfg)
     device = resolve_device(opts.device)
     folder = Path(opts.output) if opts.output else cfg.data.seg_save_path
     check_writable(folder)
     localizer = opts.localizer if opts.localizer is not None else build_localizer(cfg, device)
-    task = LocalizeTask(cfg, localizer, folder, localize_header(cfg, device, localizer))
+    header = localize_header(cfg, device, localizer)
+    task = LocalizeTask(cfg, localizer, folder, header, share=opts.share)
     report = box_scores(run_task(task, cases, cfg.data.query_images, opts), cfg)
     if report.scores and report.shard.count == 1:
         write_reports(folder, report.scores, report.summary, report.class_names)

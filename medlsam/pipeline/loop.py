@@ -4,8 +4,8 @@ half-written, and a killed run resumes.
 :func:`run_task` drives a :class:`CaseTask` (``medlsam-infer``'s or ``medlsam-localize``'s
 work on one query) over a config's query list, or one shard of it: it opens the run record
 (``<stem>.json``), skips the cases a record of the folder with the same settings marks ``ok``
-and whose files are complete, prepares the task only when some case is left, and merges the
-shard records when the last shard finishes (:mod:`medlsam.pipeline.shard`).
+and whose files are complete, prepares the task (saying whether some case is left), and merges
+the shard records when the last shard finishes (:mod:`medlsam.pipeline.shard`).
 
 For each query left, in list order, :func:`run_cases` calls ``task.do_case(n, bar)`` and
 records the outcome in the run record, rewritten atomically after every case:
@@ -92,6 +92,9 @@ class RunOptions:
         merge: the last shard to finish merges the shard records.
         segmenter, localizer: components built already (tests, or reuse between runs).
         figures: ``medlsam-infer`` only: write the PNG figures (``--no-png``: none).
+        share: ``share(localizer, cfg, supports, needed)`` takes the place of loading or
+            fitting the prototypes, called whether or not a case is left (under ``torchrun``
+            every rank takes part: :mod:`medlsam.pipeline.distributed`).
     """
 
     device: str = "auto"
@@ -105,6 +108,7 @@ class RunOptions:
     segmenter: Any = None
     localizer: Any = None
     figures: bool = True
+    share: Any = None
 
 
 def run_options(options: RunOptions | str | None = None, **overrides: Any) -> RunOptions:
@@ -161,8 +165,9 @@ class CaseTask(Protocol):
         """Delete ``case``'s outputs (after a failure or an interrupt)."""
         ...
 
-    def prepare(self) -> None:
-        """Work done once before the first case (fit on the support scans...)."""
+    def prepare(self, needed: bool) -> None:
+        """Work done once before the first case (fit on the support scans...), called
+        whether or not a case is left (``needed``: some is)."""
         ...
 
     def do_case(self, n: int, bar: Any) -> dict[str, Any]:
@@ -216,8 +221,8 @@ def run_task(
     record.save()
     done = set(report.skipped)
     todo = [n for n in mine if cases[n] not in done]
+    task.prepare(needed=bool(todo))
     if todo:
-        task.prepare()
         outcome = run_cases(task, todo, cases, images, record, options)
         report.ok, report.failed = outcome.ok, outcome.failed
     report.record = record.doc

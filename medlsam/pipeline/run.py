@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from medlsam.config import Config, check_case_names
+from medlsam.config import Config, check_case_names, force_reproduce
 from medlsam.dicom_seg import check_available as check_dicom_seg
 from medlsam.errors import ConfigError
 from medlsam.io import Volume, read_image, read_label
@@ -53,7 +53,7 @@ from medlsam.pipeline.setup import (
     build_localizer,
     check_writable,
     output_folders,
-    prepare_localizer,
+    prepare_or_share,
     resolve_device,
     supports_loader,
 )
@@ -82,13 +82,18 @@ class InferTask:
     def remove(self, case: str) -> None:
         remove_case(self.folder, self.png_dir, case)
 
-    def prepare(self) -> None:
-        """Fit the localizer (or load its prototypes) and a segmenter that needs supports."""
-        fit_segmenter = self.segmenter.needs_supports
+    def prepare(self, needed: bool) -> None:
+        """Fit the localizer (or load its prototypes) and a segmenter that needs supports,
+        when ``needed`` (some case is left); ``options.share`` is called either way."""
+        fit_segmenter = needed and self.segmenter.needs_supports
         # the classic backend reads the supports too: keep them for it, else stream them
         supports = supports_loader(self.cfg, keep=fit_segmenter)
-        if not self.options.boxes_from_labels and isinstance(self.localizer, FewShotLocalizer):
-            prepare_localizer(self.localizer, self.cfg, supports)
+        needs_prototypes = (
+            needed
+            and not self.options.boxes_from_labels
+            and isinstance(self.localizer, FewShotLocalizer)
+        )
+        prepare_or_share(self.options.share, self.localizer, self.cfg, supports, needs_prototypes)
         if fit_segmenter:
             self.segmenter.fit(supports(), self.cfg.data.fg_class)
 
@@ -208,7 +213,10 @@ def run(cfg: Config, options: RunOptions | str | None = None, **overrides: Any) 
 
     ``shard`` runs only its part of the query list with its own record
     (:mod:`medlsam.pipeline.shard`); with ``merge``, the last shard to finish merges the
-    records into ``run.json``.
+    records into ``run.json``. ``share(localizer, cfg, supports, needed)``, when given, takes
+    the place of loading or fitting the prototypes and is called whether or not this process
+    has a case left (under ``torchrun`` every rank must take part:
+    :mod:`medlsam.pipeline.distributed`).
 
     ``figures=False`` (``--no-png``) writes no figure; otherwise each case's seconds spent on
     figures are recorded as ``seconds["figures"]`` in its ``run.json`` entry. With ``merge``,
@@ -216,6 +224,7 @@ def run(cfg: Config, options: RunOptions | str | None = None, **overrides: Any) 
     (:mod:`medlsam.pipeline.report`).
     """
     opts = run_options(options, **overrides)
+    cfg = force_reproduce(cfg)
     cases = check_case_names(cfg)
     _check_label_modes(cfg, opts.boxes_from_labels)
     if cfg.run.dicom_seg:
