@@ -15,6 +15,7 @@ from typing import Any
 from medlsam.config import Config
 from medlsam.errors import ConfigError, OutputError
 from medlsam.io import Volume, label_on_image_grid, read_image, read_label
+from medlsam.localization.base import FewShotLocalizer
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +137,19 @@ def prepare_localizer(localizer: Any, cfg: Config, supports: Callable[[], Iterab
     if path is not None and hasattr(localizer, "save_prototypes"):
         localizer.save_prototypes(path)
         logger.info("prototypes saved to %s", path)
+
+
+def prepare_or_share(
+    share: Callable[..., None] | None,
+    localizer: Any,
+    cfg: Config,
+    supports: Callable[[], Iterable],
+    needed: bool,
+) -> None:
+    """Get the localizer's prototypes: ``share(localizer, cfg, supports, needed)`` when given
+    (under ``torchrun`` every rank takes part, needed or not:
+    :mod:`medlsam.pipeline.distributed`), else :func:`prepare_localizer` when ``needed``."""
+    if share is not None and isinstance(localizer, FewShotLocalizer):
+        share(localizer, cfg, supports, needed)
+    elif needed:  # every rank fits a localizer without prototypes itself (registration: cheap)
+        prepare_localizer(localizer, cfg, supports)
