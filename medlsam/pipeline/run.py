@@ -170,8 +170,8 @@ def _do_case(task: InferTask, n: int, bar: Any) -> dict[str, Any]:
         "organs": organ_volumes(pred.label, classes, volume.spacing),
         "outputs": outputs,
     }
-    case_report = getattr(job.localizer, "case_report", None)
-    if callable(case_report) and not job.boxes_from_labels:
+    case_report = getattr(task.localizer, "case_report", None)
+    if callable(case_report) and not task.options.boxes_from_labels:
         entry["localizer"] = case_report()
     return entry
 
