@@ -35,6 +35,7 @@ from medlsam.weights import demo_checkpoint, demo_settings, is_demo
 
 __all__ = [
     "BoxMode",
+    "CLASSIC_CONTRAST",
     "Config",
     "LOCALIZE_METHODS",
     "LocalizeConfig",
@@ -76,6 +77,9 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: Localizers a user can name in ``[localize] method``.
 LOCALIZE_METHODS: tuple[str, ...] = ("medlam", "registration")
 REGISTRATION_FUSIONS: tuple[str, ...] = ("median", "vote")
+#: ``[vit] classic_contrast``: keep the supports' organ intensities, or adapt them to a query
+#: whose boxes show another contrast phase (needs boxes that hit the organs).
+CLASSIC_CONTRAST: tuple[str, ...] = ("keep", "adapt")
 #: HD95 definitions ``medlsam-eval --hd95`` takes (:mod:`medlsam.evaluation.metrics`).
 HD95_DEFINITIONS: tuple[str, ...] = ("monai", "pooled")
 #: ``[vit] precision`` and ``[run] medlam_precision`` (CUDA only; the CPU runs fp32)
@@ -122,6 +126,7 @@ class VitConfig:
     medsam_normalization: str
     overlap: str
     precision: str = "fp32"
+    classic_contrast: str = "keep"
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "medsam_normalization": False,
         "overlap": False,
         "precision": False,
+        "classic_contrast": False,
     },
     "weight": {"medlam_load_path": False, "vit_load_path": False},
     "run": {
@@ -455,6 +461,7 @@ def load_config(
                 "vit", "overlap", "later" if published else "score", OVERLAP_RULES
             ),
             precision=reader.choice("vit", "precision", "fp32", SAM_PRECISIONS),
+            classic_contrast=reader.choice("vit", "classic_contrast", "keep", CLASSIC_CONTRAST),
         ),
         weight=WeightConfig(medlam_load_path=medlam_path, vit_load_path=vit_path),
         run=_read_run(reader, reproduce),

@@ -92,6 +92,8 @@ def build_segmenter(
         options = {"window": "published", **options}
     if vit.backend != "classic":
         options = {"precision": vit.precision, **options}
+    else:
+        options = {"adapt": vit.classic_contrast == "adapt", **options}
     segmenter = builder(Path(checkpoint) if checkpoint is not None else None, device, **options)
     if supports is not None:
         segmenter.fit(supports, list(classes or ()))

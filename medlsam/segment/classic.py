@@ -25,7 +25,9 @@ Method (ours, not published):
    0.83, right kidney 0.001 -> 0.71, aorta 0.0 -> 0.59; unchanged on the unmodified scan. With
    only liver (+60) and spleen (+80) raised, the spleen is found (0.003 -> 0.90) but the
    liver's move is not detected (its box centres hold too much else) and it stays at 0.01.
-   ``ClassicSegmenter(adapt=False)`` keeps the support's tables.
+   Off by default (``[vit] classic_contrast = adapt`` turns it on, ``ClassicSegmenter(adapt=
+   True)`` in Python): with boxes that miss their organs, as a poorly trained MedLAM gives,
+   the fit can move the density of an organ whose phase did not change.
 
 Good at: organs whose density differs from their surroundings (liver, spleen and kidneys on
 contrast CT, bladder, bone, air-filled structures, contrast-filled vessels); tight boxes;
@@ -242,7 +244,7 @@ class ClassicSegmenter:
     name = "classic"
     checkpoint_sha256: str | None = None
 
-    def __init__(self, adapt: bool = True) -> None:
+    def __init__(self, adapt: bool = False) -> None:
         self.adapt = adapt
         self.models: dict[int, OrganModel] = {}
         self.stats = SegmenterStats()
@@ -355,9 +357,10 @@ class ClassicSegmenter:
 
 
 def build_classic_segmenter(
-    checkpoint: object = None, device: object = "cpu", **_: object
+    checkpoint: object = None, device: object = "cpu", adapt: bool = False, **_: object
 ) -> ClassicSegmenter:
-    """The registry builder: no checkpoint, no device (numpy on the CPU)."""
+    """The registry builder: no checkpoint, no device (numpy on the CPU); ``adapt`` is
+    ``[vit] classic_contrast = adapt``."""
     if checkpoint is not None:
         logger.info("classic segmenter: [weight] vit_load_path %s is not used", checkpoint)
-    return ClassicSegmenter()
+    return ClassicSegmenter(adapt=adapt)

@@ -39,7 +39,7 @@ def _enhanced(hu: float) -> tuple[Volume, Volume]:
 
 
 def test_organ_brighter_in_the_query_is_found_with_one_warning(caplog):
-    seg = ClassicSegmenter()
+    seg = ClassicSegmenter(adapt=True)
     seg.fit([make_ct(seed=1)], [1, 2])
     image, label = _enhanced(90.0)  # organ 1: 120 HU in the support, 210 HU here
     fixed = ClassicSegmenter(adapt=False)
@@ -55,7 +55,7 @@ def test_organ_brighter_in_the_query_is_found_with_one_warning(caplog):
 
 @pytest.mark.parametrize("hu", [0.0, 10.0])
 def test_same_phase_leaves_the_model_alone(hu, caplog):
-    seg = ClassicSegmenter()
+    seg = ClassicSegmenter(adapt=True)
     seg.fit([make_ct(seed=1)], [1, 2])
     image, label = _enhanced(hu)
     with caplog.at_level(logging.WARNING, logger="medlsam.segment.classic"):
@@ -65,7 +65,7 @@ def test_same_phase_leaves_the_model_alone(hu, caplog):
 
 
 def test_phase_shift_estimate():
-    seg = ClassicSegmenter()
+    seg = ClassicSegmenter(adapt=True)
     seg.fit([make_ct(seed=1)], [1, 2])
     model = seg.models[1]
     rng = np.random.default_rng(0)
@@ -87,7 +87,7 @@ def test_contrast_enhanced_real_ct():
     data[label.data == 5] += 60.0
     data[label.data == 1] += 80.0
     query = Volume(data, image.affine)
-    seg = ClassicSegmenter()
+    seg = ClassicSegmenter(adapt=True)
     seg.fit([(image, label)], [5, 1])
     fixed = ClassicSegmenter(adapt=False)
     fixed.models = seg.models
@@ -96,3 +96,29 @@ def test_contrast_enhanced_real_ct():
     # the liver's box centres hold too much else to tell a +60 HU move here: no harm done
     liver = _dice_of_organ(seg, query, label, 5, (5, 1))
     assert liver >= _dice_of_organ(fixed, query, label, 5, (5, 1)) - 0.02
+
+
+def test_contrast_adaptation_is_chosen_in_the_config(tmp_path):
+    """``[vit] classic_contrast``: ``keep`` (default) builds a fixed backend, ``adapt`` one that
+    moves the organ densities; anything else is a one-line config error."""
+    from medlsam.config import load_config
+    from medlsam.errors import ConfigError
+    from medlsam.segment import build_segmenter
+
+    def built(extra: str):
+        path = tmp_path / "c.txt"
+        for name in ("s_img", "s_lab", "q_img"):
+            (tmp_path / f"{name}.txt").write_text("x.nii.gz\n")
+        path.write_text(
+            "[data]\nsupport_image_ls = s_img.txt\nsupport_label_ls = s_lab.txt\n"
+            "query_image_ls = q_img.txt\nfg_class = [1]\n[vit]\nbackend = classic\n"
+            + extra
+            + "[weight]\n"
+        )
+        cfg = load_config(path, check_files=False)
+        return build_segmenter(cfg.vit, None)
+
+    assert built("").adapt is False
+    assert built("classic_contrast = adapt\n").adapt is True
+    with pytest.raises(ConfigError, match="classic_contrast"):
+        built("classic_contrast = maybe\n")
