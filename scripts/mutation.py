@@ -41,6 +41,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "medlsam/volume.py",
         [
             "tests/test_golden_grid.py",
+            "tests/test_golden_align.py",
             "tests/test_volume_checks.py",
             "tests/pipeline/test_golden_chain.py",
             "tests/test_io.py",

@@ -35,6 +35,16 @@ def _rot_z(deg):
     return np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
 
 
+def _rot_x(deg):
+    t = np.radians(deg)
+    return np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+
+
+def _rot_y(deg):
+    t = np.radians(deg)
+    return np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
+
+
 def test_flip_of_first_axis():
     ref = _reference()
     # voxel i' of the label is voxel 2 - i' of the image: first column negated, origin at i = 2
@@ -126,16 +136,20 @@ def test_rotation_is_refused_with_its_angle(degrees):
 
 
 def test_oblique_angle_is_the_largest_axis_angle():
-    # image tilted 30 deg about x; label rotated a further 10 deg about world z. Voxel axis i
-    # (world x) is perpendicular to z, so it turns by the full 10 deg; the others by less.
-    tilt = np.array([[1, 0, 0], [0, np.cos(np.pi / 6), -0.5], [0, 0.5, np.cos(np.pi / 6)]])
+    # image tilted 30 deg about y, then 30 deg about x; label turned a further 10 deg about
+    # world z. A voxel axis at angle phi from z turns by 2 asin(sin(phi) sin(5 deg)): less than
+    # 10 deg for every axis here (none is perpendicular to z); the largest is named.
+    tilt = _rot_x(30.0) @ _rot_y(30.0)
     ref_aff = np.eye(4)
     ref_aff[:3, :3] = tilt @ np.diag(SPACING)
     ref = Volume(data=np.zeros((3, 4, 5)), affine=ref_aff)
     aff = ref_aff.copy()
     aff[:3, :3] = _rot_z(10.0) @ aff[:3, :3]
+    phi = np.arccos(tilt[2])  # tilt[2]: the z components of the three unit voxel axes
+    expected = np.degrees(2 * np.arcsin(np.sin(phi) * np.sin(np.radians(5.0)))).max()
+    assert round(expected, 1) == 9.0
     assert grid_difference(Volume(data=np.zeros((3, 4, 5)), affine=aff), ref) == (
-        "direction: axes up to 10.0 deg apart"
+        f"direction: axes up to {expected:.1f} deg apart"
     )
 
 
