@@ -24,7 +24,7 @@ import enum
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ OVERLAP_RULES: tuple[str, ...] = ("score", "later")
 #: ``[run] reproduce``: ``none`` (medlsam's behaviour) or ``published`` (the published code's).
 REPRODUCE_MODES: tuple[str, ...] = ("none", "published")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: ``[vit] precision`` and ``[run] medlam_precision`` (CUDA only; the CPU runs fp32)
+SAM_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+MEDLAM_PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class VitConfig:
     backend: str
     medsam_normalization: str
     overlap: str
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ class RunConfig:
     use_gt_slice_threshold: bool = False
     dicom_seg: bool = False  # also write <case>.seg.dcm for queries read from DICOM
     organ_masks: bool = False  # also write <case>/<organ>.nii.gz, one binary map per organ
+    medlam_precision: str = "fp16"
     reproduce: str = "none"
 
     @property
@@ -183,7 +188,13 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "seg_png_save_path": False,
         "prototypes": False,
     },
-    "vit": {"net_type": False, "backend": False, "medsam_normalization": False, "overlap": False},
+    "vit": {
+        "net_type": False,
+        "backend": False,
+        "medsam_normalization": False,
+        "overlap": False,
+        "precision": False,
+    },
     "weight": {"medlam_load_path": False, "vit_load_path": False},
     "run": {
         "seed": False,
@@ -191,9 +202,19 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "use_gt_slice_threshold": False,
         "dicom_seg": False,
         "organ_masks": False,
+        "medlam_precision": False,
         "reproduce": False,
     },
 }
+
+
+def _device(reader: SectionReader) -> str:
+    """``[run] device``: auto, cpu, cuda or cuda:N (N = 0, 1, ...)."""
+    value = str(reader.get("run", "device", "auto")).strip()
+    head, _, index = value.partition(":")
+    if value in DEVICES or (head == "cuda" and index.isdigit()):
+        return value
+    raise reader.fail("run", "device", value, "auto, cpu, cuda or cuda:N (N = 0, 1, ...)")
 
 
 def _resolve_backend(reader: SectionReader, net_type: str, vit_path: Path | None) -> str:
@@ -359,20 +380,68 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
             overlap=reader.choice(
                 "vit", "overlap", "later" if published else "score", OVERLAP_RULES
             ),
+            precision=reader.choice("vit", "precision", "fp32", SAM_PRECISIONS),
         ),
         weight=WeightConfig(medlam_load_path=medlam_path, vit_load_path=vit_path),
         run=RunConfig(
             seed=reader.int_value("run", "seed", 2023) or 0,
-            device=reader.choice("run", "device", "auto", DEVICES),
+            device=_device(reader),
             use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", published),
             dicom_seg=reader.bool_value("run", "dicom_seg", False),
             organ_masks=reader.bool_value("run", "organ_masks", False),
             reproduce=reproduce,
+            medlam_precision=reader.choice("run", "medlam_precision", "fp16", MEDLAM_PRECISIONS),
         ),
     )
     if check_files:
         check_config_files(config)
     return config
+
+
+#: the published numerics (method.md 1.2 and 4): SAM in fp32, MedLAM under fp16 autocast
+PUBLISHED_PRECISION: Mapping[str, str] = {"sam": "fp32", "medlam": "fp16"}
+
+
+def with_precision(config: Config, sam: str | None = None, medlam: str | None = None) -> Config:
+    """``config`` with ``[vit] precision`` and/or ``[run] medlam_precision`` replaced (the CLI's
+    ``--sam-precision`` / ``--medlam-precision``); None keeps the config's value."""
+    if sam is not None and sam not in SAM_PRECISIONS:
+        raise ConfigError(f"SAM precision {sam!r}: expected one of {', '.join(SAM_PRECISIONS)}")
+    if medlam is not None and medlam not in MEDLAM_PRECISIONS:
+        raise ConfigError(
+            f"MedLAM precision {medlam!r}: expected one of {', '.join(MEDLAM_PRECISIONS)}"
+        )
+    vit = config.vit if sam is None else replace(config.vit, precision=sam)
+    run = config.run if medlam is None else replace(config.run, medlam_precision=medlam)
+    return replace(config, vit=vit, run=run)
+
+
+def published_precision(config: Config) -> Config:
+    """``config`` with the published precisions forced (``[run] reproduce = published``)."""
+    return with_precision(config, PUBLISHED_PRECISION["sam"], PUBLISHED_PRECISION["medlam"])
+
+
+def force_reproduce(config: Config) -> Config:
+    """``config`` with the published precisions forced when ``[run] reproduce = published``
+    (a warning names any precision asked for that this overrides); else ``config``."""
+    if getattr(config.run, "reproduce", "none") != "published":
+        return config
+    forced = published_precision(config)
+    changed = [
+        f"{key} {old} -> {new}"
+        for key, old, new in (
+            ("[vit] precision", config.vit.precision, forced.vit.precision),
+            ("[run] medlam_precision", config.run.medlam_precision, forced.run.medlam_precision),
+        )
+        if old != new
+    ]
+    if changed:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "reproduce = published forces the published precisions: %s", ", ".join(changed)
+        )
+    return forced
 
 
 def check_config_files(config: Config) -> None:

@@ -33,6 +33,7 @@ CORE = {
     "dicom_seg": 5,
     "preprocess": 6,
     "checkpoint": 6,
+    "devices": 6,
 }
 
 #: subpackages (every module inside shares the rank)

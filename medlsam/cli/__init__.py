@@ -47,6 +47,28 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
 
 
+def add_device_arguments(parser: argparse.ArgumentParser, sam: bool = True) -> None:
+    """``--device`` and the precision flags (``--sam-precision`` when ``sam``)."""
+    parser.add_argument(
+        "--device",
+        metavar="auto|cpu|cuda|cuda:N",
+        help="where networks run (default: [run] device; under torchrun cuda:LOCAL_RANK)",
+    )
+    if sam:
+        parser.add_argument(
+            "--sam-precision",
+            choices=("fp32", "bf16", "fp16"),
+            help="SAM image encoder precision on CUDA (default: [vit] precision, fp32 as "
+            "published); the CPU runs fp32",
+        )
+    parser.add_argument(
+        "--medlam-precision",
+        choices=("fp16", "fp32"),
+        help="MedLAM precision on CUDA (default: [run] medlam_precision, fp16 as published); "
+        "the CPU runs fp32",
+    )
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of each record (safe under test capture)."""
 

@@ -2,7 +2,8 @@
 
 Usage::
 
-    medlsam-infer --config test_word_spl_medsam.txt [--output DIR] [--device cpu|cuda|auto]
+    medlsam-infer --config test_word_spl_medsam.txt [--output DIR] [--device cpu|cuda[:N]|auto]
+                  [--sam-precision fp32|bf16|fp16] [--medlam-precision fp16|fp32]
                   [--overwrite] [--boxes-from-labels] [--organ-masks] [--dicom-seg]
                   [--shard K/N] [--debug] [--quiet]
     torchrun --nproc_per_node 4 -m medlsam.cli.infer --config X.txt      # one GPU per rank
@@ -35,7 +36,13 @@ import sys
 import threading
 from pathlib import Path
 
-from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
+from medlsam.cli import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_common_arguments,
+    add_device_arguments,
+    run_main,
+)
 
 
 def _shard(text: str):
@@ -59,11 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, required=True, help="a MedLSAM config (.txt/YAML)")
     parser.add_argument("--output", type=Path, help="output folder (default: [data] seg_save_path)")
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="where networks run (default: [run] device; under torchrun cuda:LOCAL_RANK)",
-    )
+    add_device_arguments(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="redo cases already finished in the output folder"
     )
@@ -102,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(args: argparse.Namespace) -> int:
-    from medlsam.config import load_config
+    from medlsam.config import load_config, with_precision
     from medlsam.pipeline.distributed import dist_env, run_sharded
 
-    config = load_config(args.config)
+    config = with_precision(load_config(args.config), args.sam_precision, args.medlam_precision)
     if args.organ_masks or args.dicom_seg:
         run_options = dataclasses.replace(
             config.run,

@@ -2,7 +2,8 @@
 
 Usage::
 
-    medlsam-localize --config test_word_medlam.txt [--output DIR] [--device cpu|cuda|auto]
+    medlsam-localize --config test_word_medlam.txt [--output DIR] [--device cpu|cuda[:N]|auto]
+                     [--medlam-precision fp16|fp32]
 
 Builds MedLAM from ``[weight] medlam_load_path``; takes prototypes from ``[data] prototypes``
 when that file exists, else computes them from the support scans (and saves them there when
@@ -25,7 +26,13 @@ import logging
 import sys
 from pathlib import Path
 
-from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
+from medlsam.cli import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_common_arguments,
+    add_device_arguments,
+    run_main,
+)
 from medlsam.errors import MedlsamError
 
 logger = logging.getLogger("medlsam.localize")
@@ -39,11 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, required=True, help="a MedLSAM config (.txt/YAML)")
     parser.add_argument("--output", type=Path, help="output folder (default: seg_save_path)")
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="where MedLAM runs (default: [run] device)",
-    )
+    add_device_arguments(parser, sam=False)
     add_common_arguments(parser)
     return parser
 
@@ -52,7 +55,12 @@ def _body(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from medlsam.boxes import boxes_json
-    from medlsam.config import check_case_names, load_config
+    from medlsam.config import (
+        check_case_names,
+        force_reproduce,
+        load_config,
+        with_precision,
+    )
     from medlsam.evaluation.box_metrics import score_organ, summarize, write_reports
     from medlsam.io import atomic_write_text, label_on_image_grid, read_image, read_label
     from medlsam.pipeline.setup import (
@@ -62,7 +70,7 @@ def _body(args: argparse.Namespace) -> int:
         supports_loader,
     )
 
-    config = load_config(args.config)
+    config = force_reproduce(with_precision(load_config(args.config), medlam=args.medlam_precision))
     data = config.data
     cases = check_case_names(config)
     device = resolve_device(args.device or config.run.device)

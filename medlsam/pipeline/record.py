@@ -5,10 +5,12 @@ Layout::
     {"format": "medlsam-run", "version": 1,
      "upper_bound_baseline": false,           # true: boxes from the query labels (not MedLSAM)
      "uses_query_labels": [],                 # "boxes_from_labels" and/or "gt_slice_threshold"
-     "versions": {...}, "device": "cpu", "config_file": "...", "config": {...},
+     "versions": {...}, "device": "cpu", "gpu": null | "NVIDIA H100 ...",
+     "config_file": "...", "config": {...},
      "segmenter": {"backend", "checkpoint", "checkpoint_sha256"},
      "localizer": {"checkpoint", "checkpoint_sha256", "prototypes"},
-     "settings": {...},                       # everything the outputs depend on
+     "settings": {...},                       # everything the outputs depend on, with
+                                              # device type, sam_precision, medlam_precision
      "cases": {"<case>": {"status": "ok" | "failed", "error": null | "one line",
                           "seconds": {stage: s}, "slices_segmented": n,
                           "encoder_calls": n, "decoder_calls": n, ...}}}
@@ -81,15 +83,31 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def numerics(device: str, segmenter: Any, localizer: Any) -> dict[str, str]:
+    """Where the networks run and in which precision: ``{"device": "cpu" | "cuda",
+    "sam_precision": ..., "medlam_precision": ...}`` (a precision only for a network that
+    runs; ``fp32`` on the CPU). The device type, not its index: ranks on ``cuda:0`` and
+    ``cuda:1`` share settings."""
+    out = {"device": str(device).split(":")[0]}
+    if getattr(segmenter, "precision", None) is not None:
+        out["sam_precision"] = str(segmenter.precision)
+    if localizer is not None and getattr(localizer, "precision", None) is not None:
+        out["medlam_precision"] = str(localizer.precision)
+    return out
+
+
 def settings(
     cfg: Config,
     segmenter_sha: str | None,
     localizer_sha: str | None,
     boxes_from_labels: bool,
+    run_numerics: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """What the outputs of a case depend on (query lists and output folders excluded)."""
+    """What the outputs of a case depend on (query lists and output folders excluded), with
+    the device type and precisions of :func:`numerics`."""
     data = cfg.data
     out: dict[str, Any] = {
+        **(run_numerics or {}),
         "fg_class": list(data.fg_class),
         "backend": cfg.vit.backend,
         "overlap": cfg.vit.overlap,
@@ -118,6 +136,14 @@ def settings(
     return out
 
 
+def _gpu_name(device: str) -> str | None:
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
 def run_header(
     cfg: Config, device: str, segmenter: Any, localizer: Any, baseline: bool
 ) -> dict[str, Any]:
@@ -132,6 +158,7 @@ def run_header(
         "uses_query_labels": uses,
         "versions": versions(),
         "device": device,
+        "gpu": _gpu_name(device),
         "config_file": str(cfg.path),
         "config": jsonable(cfg),
         "segmenter": {
@@ -146,7 +173,13 @@ def run_header(
             "checkpoint_sha256": localizer_sha,
             "prototypes": str(cfg.data.prototypes) if cfg.data.prototypes else None,
         },
-        "settings": settings(cfg, segmenter_sha, localizer_sha, baseline),
+        "settings": settings(
+            cfg,
+            segmenter_sha,
+            localizer_sha,
+            baseline,
+            numerics(device, segmenter, None if baseline else localizer),
+        ),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medlsam.boxes import Box3D, OrganBoxes
-from medlsam.config import Config, check_case_names
+from medlsam.config import Config, check_case_names, force_reproduce
 from medlsam.dicom_seg import check_available as check_dicom_seg
 from medlsam.errors import ConfigError, InputError
 from medlsam.io import Volume, label_on_image_grid, read_image, read_label
@@ -299,6 +299,7 @@ def run(
     raise_errors: bool = False,
     shard: Shard | None = None,
     merge: bool = True,
+    share: Any = None,
     figures: bool = True,
 ) -> RunReport:
     """Run MedLSAM (or the manual-box baseline) on every query of ``cfg`` (or of one shard).
@@ -318,6 +319,10 @@ def run(
 
     ``shard`` runs only its part of the query list with its own record
     (:mod:`medlsam.pipeline.shard`); with ``merge``, the last shard to finish merges the
+    records into ``run.json``. ``share(localizer, cfg, supports, needed)``, when given, takes
+    the place of loading or fitting the prototypes and is called whether or not this process
+    has a case left (under ``torchrun`` every rank must take part:
+    :mod:`medlsam.pipeline.distributed`).
     records into ``run.json``.
 
     ``figures=False`` (``--no-png``) writes no figure; otherwise each case's seconds spent on
@@ -325,6 +330,7 @@ def run(
     ``report.html`` is (re)written from the folder's records
     (:mod:`medlsam.pipeline.report`).
     """
+    cfg = force_reproduce(cfg)
     data = cfg.data
     shard = shard or Shard()
     cases = check_case_names(cfg)
@@ -375,14 +381,19 @@ def run(
     record.save()
     done = set(report.skipped)
     todo = [n for n in mine if cases[n] not in done]
+    fit_classic = (
+        bool(todo) and segmenter.name == "classic" and not getattr(segmenter, "models", None)
+    )
+    supports = supports_loader(cfg, keep=fit_classic)  # the classic backend reads them too
+    needs_prototypes = bool(todo) and not boxes_from_labels and hasattr(localizer, "fit")
+    if share is not None:
+        share(localizer, cfg, supports, needs_prototypes)
+    elif needs_prototypes:
+        prepare_localizer(localizer, cfg, supports)
+    if fit_classic:
+        segmenter.fit(supports(), data.fg_class)
+    del supports  # the full-resolution support scans are not needed for the queries
     if todo:
-        fit_classic = segmenter.name == "classic" and not getattr(segmenter, "models", None)
-        supports = supports_loader(cfg, keep=fit_classic)  # the classic backend reads them too
-        if not boxes_from_labels and hasattr(localizer, "fit"):
-            prepare_localizer(localizer, cfg, supports)
-        if fit_classic:
-            segmenter.fit(supports(), data.fg_class)
-        del supports  # the full-resolution support scans are not needed for the queries
         mode = "boxes_from_labels" if boxes_from_labels else data.bbox_mode.value
         extra = {"segmenter": segmenter.name, "seed": cfg.run.seed, "bbox_mode": mode}
         job = _Run(cfg, segmenter, localizer, seg_dir, png_dir, boxes_from_labels, progress, extra)

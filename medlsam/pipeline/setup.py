@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medlsam.config import Config
 from medlsam.errors import ConfigError, OutputError
 from medlsam.io import Volume, label_on_image_grid, read_image, read_label
@@ -22,14 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without CUDA is an error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {name!r}: CUDA is not available on this machine (use cpu or auto)"
-        )
-    return name
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda[:N]`` checked to exist
+    (:func:`medlsam.devices.resolve_device`)."""
+    from medlsam.devices import resolve_device as resolve
+
+    return resolve(name)
 
 
 def output_folders(cfg: Config, output: Path | None, boxes_from_labels: bool) -> tuple[Path, Path]:
@@ -112,6 +107,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
         mss_share_mm=cfg.data.mss_share_mm,
         published=cfg.run.published,
         starts=starts,
+        precision=cfg.run.medlam_precision,
     )
 
 

@@ -83,6 +83,10 @@ class TrainConfig:
     freeze_first_stage: bool = False
     near_pair_fraction: float = 0.0
     near_pair_mm: float = 60.0
+    #: processes preparing batches (None: 4 on CUDA, 0 = in the training process on the CPU)
+    num_workers: int | None = None
+    #: mixed precision on CUDA (bfloat16 autocast where supported, else float16 + loss scaling)
+    amp: bool = False
 
 
 # section -> key -> required
@@ -101,6 +105,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "augment": False,
         "near_pair_fraction": False,
         "near_pair_mm": False,
+        "num_workers": False,
     },
     "network": {
         "net_type": False,
@@ -130,6 +135,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "lr_gamma": False,
         "save_every": False,
         "freeze_first_stage": False,
+        "amp": False,
     },
 }
 
@@ -264,4 +270,6 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
         freeze_first_stage=r.boolean("training", "freeze_first_stage", False),
         near_pair_fraction=near_fraction,
         near_pair_mm=near_mm,
+        num_workers=r.int_value("data", "num_workers", None, minimum=0),
+        amp=r.boolean("training", "amp", False),
     )
