@@ -55,3 +55,10 @@ def test_published_window_of_a_flat_range_is_zero():
     plane = np.full((2, 3), 100, dtype=np.int16)
     out = sam_window_published(plane, 100.0, 100.0)
     np.testing.assert_array_equal(out, np.zeros((2, 3), dtype=np.int32))
+
+
+def test_published_window_is_float64_arithmetic():
+    # float32 658.82355 is 658.8235473...; (658.8235473 + 500) / 1500 * 255 = 197.0000030 -> 197.
+    # The same arithmetic in float32 lands just under 197 and truncates to 196.
+    plane = np.array([[658.82355, 1000.0]], dtype=np.float32)
+    np.testing.assert_array_equal(sam_window_published(plane, -500.0, 1000.0), [[197, 255]])
