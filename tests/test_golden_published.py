@@ -34,6 +34,18 @@ def test_published_zoom_factor_sets_the_shape():
     np.testing.assert_array_equal(out.array, expected)
 
 
+def test_published_resamples_every_axis():
+    # 1.5 x 1.5 x 0.7 mm: factors 0.5, 0.5 and float32(0.7) / float32(3) on every axis;
+    # (x, y, z) = (4, 6, 15) voxels -> LAS (z, y, x) = (4, 3, 2)
+    vol, data = _las_volume((1.5, 1.5, 0.7), shape=(4, 6, 15), seed=2)
+    las = data.transpose(2, 1, 0).astype(np.float64)
+    zoom = np.array([np.float32(0.7), np.float32(1.5), np.float32(1.5)]) / np.float32(3.0)
+    expected = hu_to_medlam(ndimage.zoom(las, zoom, order=3))
+    out = medlam_image(vol, interpolation="published")
+    assert out.array.shape == (4, 3, 2)
+    np.testing.assert_array_equal(out.array, expected)
+
+
 def test_published_at_3mm_keeps_the_voxels():
     vol, data = _las_volume((3.0, 3.0, 3.0), shape=(3, 4, 5), seed=1)
     out = medlam_image(vol, interpolation="published")
