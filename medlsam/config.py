@@ -71,6 +71,8 @@ OVERLAP_RULES: tuple[str, ...] = ("score", "later")
 #: ``[run] reproduce``: ``none`` (medlsam's behaviour) or ``published`` (the published code's).
 REPRODUCE_MODES: tuple[str, ...] = ("none", "published")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: HD95 definitions ``medlsam-eval --hd95`` takes (:mod:`medlsam.evaluation.metrics`).
+HD95_DEFINITIONS: tuple[str, ...] = ("monai", "pooled")
 #: ``[vit] precision`` and ``[run] medlam_precision`` (CUDA only; the CPU runs fp32)
 SAM_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 MEDLAM_PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
@@ -262,26 +264,8 @@ def _read_list(reader: SectionReader, key: str, list_path: Path) -> list[Path]:
         raise ConfigError(f"{reader.path}: [data] {key}: {err}") from err
 
 
-def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Config:
-    """Load a ``.txt`` (INI) or YAML config into a frozen :class:`Config`.
-
-    Args:
-        path: the config file.
-        check_files: also check that every image, label and checkpoint named exists, and report
-            all missing files together in one error.
-
-    Raises:
-        ConfigError: naming the file, the key, the value and what was expected.
-    """
-    path = Path(path)
-    reader = SectionReader(path, read_raw(path), _KNOWN)
-    demo = is_demo(reader.get("weight", "medlam_load_path"))
-    if demo:  # the shipped checkpoint's own settings are the defaults; the config overrides
-        for section, values in demo_settings().items():
-            for key, value in values.items():
-                if reader.get(section, key) is None:
-                    reader.raw.setdefault(section, {})[key] = value
-
+def _read_classes(reader: SectionReader) -> tuple[list[int], dict[int, str]]:
+    """``[data] fg_class`` (positive ids, no repeats) and ``fg_class_name`` (one per id)."""
     fg = reader.get("data", "fg_class")
     if isinstance(fg, int) and not isinstance(fg, bool):
         fg = [fg]
@@ -297,14 +281,16 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
         raise reader.fail("data", "fg_class", fg, "class ids without repeats")
     names_value = reader.get("data", "fg_class_name")
     if names_value is None:
-        class_names = {c: f"class_{c}" for c in fg}
-    else:
-        if not isinstance(names_value, list) or len(names_value) != len(fg):
-            raise reader.fail(
-                "data", "fg_class_name", names_value, f"a list of {len(fg)} names, one per fg_class"
-            )
-        class_names = {c: str(n) for c, n in zip(fg, names_value)}
+        return fg, {c: f"class_{c}" for c in fg}
+    if not isinstance(names_value, list) or len(names_value) != len(fg):
+        raise reader.fail(
+            "data", "fg_class_name", names_value, f"a list of {len(fg)} names, one per fg_class"
+        )
+    return fg, {c: str(n) for c, n in zip(fg, names_value)}
 
+
+def _read_box_options(reader: SectionReader) -> tuple[str, int | None, list[str]]:
+    """``[data] bbox_mode``, ``slice_interval`` (None: off) and ``feature_scale_ls``."""
     mode = reader.choice("data", "bbox_mode", "WPL", tuple(m.value for m in BoxMode))
     interval = reader.get("data", "slice_interval")
     if interval is False or interval is None:
@@ -317,7 +303,6 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
         raise reader.fail(
             "data", "slice_interval", False, "a positive integer when bbox_mode = SPL"
         )
-
     scales = reader.get("data", "feature_scale_ls", list(FEATURE_SCALES))
     if not isinstance(scales, list):
         scales = []  # the published meaning: a non-list value (False) switches refinement off
@@ -329,6 +314,56 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
                 scales,
                 f"a list of {', '.join(FEATURE_SCALES)}{suggest(str(scale), FEATURE_SCALES)}",
             )
+    return mode, interval, scales
+
+
+def _demo_defaults(reader: SectionReader) -> bool:
+    """With ``medlam_load_path = demo``, the shipped checkpoint's own settings become the
+    defaults (the config still overrides them); returns whether the demo checkpoint is named."""
+    demo = is_demo(reader.get("weight", "medlam_load_path"))
+    if demo:
+        for section, values in demo_settings().items():
+            for key, value in values.items():
+                if reader.get(section, key) is None:
+                    reader.raw.setdefault(section, {})[key] = value
+    return demo
+
+
+def _read_run(reader: SectionReader, reproduce: str) -> RunConfig:
+    """The ``[run]`` section (``reproduce = published`` turns the gt-slice threshold on)."""
+    published = reproduce == "published"
+    return RunConfig(
+        seed=reader.int_value("run", "seed", 2023) or 0,
+        device=_device(reader),
+        use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", published),
+        dicom_seg=reader.bool_value("run", "dicom_seg", False),
+        organ_masks=reader.bool_value("run", "organ_masks", False),
+        reproduce=reproduce,
+        medlam_precision=reader.choice("run", "medlam_precision", "fp16", MEDLAM_PRECISIONS),
+    )
+
+
+def load_config(
+    path: str | os.PathLike[str], check_files: bool = True, segmenter: bool = True
+) -> Config:
+    """Load a ``.txt`` (INI) or YAML config into a frozen :class:`Config`.
+
+    Args:
+        path: the config file.
+        check_files: also check that every image, label and checkpoint named exists, and report
+            all missing files together in one error.
+        segmenter: the run segments (``[weight] vit_load_path`` is checked too); False for
+            localization only, which never needs SAM weights.
+
+    Raises:
+        ConfigError: naming the file, the key, the value and what was expected.
+    """
+    path = Path(path)
+    reader = SectionReader(path, read_raw(path), _KNOWN)
+    demo = _demo_defaults(reader)
+
+    fg, class_names = _read_classes(reader)
+    mode, interval, scales = _read_box_options(reader)
 
     data_paths = {
         key: reader.path_value("data", key)
@@ -383,18 +418,10 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
             precision=reader.choice("vit", "precision", "fp32", SAM_PRECISIONS),
         ),
         weight=WeightConfig(medlam_load_path=medlam_path, vit_load_path=vit_path),
-        run=RunConfig(
-            seed=reader.int_value("run", "seed", 2023) or 0,
-            device=_device(reader),
-            use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", published),
-            dicom_seg=reader.bool_value("run", "dicom_seg", False),
-            organ_masks=reader.bool_value("run", "organ_masks", False),
-            reproduce=reproduce,
-            medlam_precision=reader.choice("run", "medlam_precision", "fp16", MEDLAM_PRECISIONS),
-        ),
+        run=_read_run(reader, reproduce),
     )
     if check_files:
-        check_config_files(config)
+        check_config_files(config, segmenter)
     return config
 
 
@@ -444,8 +471,11 @@ def force_reproduce(config: Config) -> Config:
     return forced
 
 
-def check_config_files(config: Config) -> None:
-    """Raise one :class:`ConfigError` listing every image, label or checkpoint that is missing."""
+def check_config_files(config: Config, segmenter: bool = True) -> None:
+    """Raise one :class:`ConfigError` listing every image, label or checkpoint that is missing.
+
+    ``segmenter=False``: the SAM checkpoint is not needed (localization only).
+    """
     data = config.data
     named: list[tuple[str, Path]] = []
     named += [("support image", p) for p in data.support_images]
@@ -454,7 +484,8 @@ def check_config_files(config: Config) -> None:
     named += [("query label", p) for p in data.query_labels or ()]
     if config.weight.medlam_load_path is not None:
         named.append(("[weight] medlam_load_path", config.weight.medlam_load_path))
-    if config.weight.vit_load_path is not None and config.vit.backend != "classic":
+    needs_sam = segmenter and config.vit.backend != "classic"
+    if config.weight.vit_load_path is not None and needs_sam:
         named.append(("[weight] vit_load_path", config.weight.vit_load_path))
     missing = [f"{what} {p}" for what, p in named if not p.exists()]
     if not data.query_images:

@@ -34,6 +34,7 @@ CORE = {
     "preprocess": 6,
     "checkpoint": 6,
     "devices": 6,
+    "api": 19,  # the public functions: above every stage, below the commands
 }
 
 #: subpackages (every module inside shares the rank)
@@ -196,3 +197,18 @@ def test_no_print_or_global_seeding_in_library_code(module, path):
             assert not (name == "seed" and owner in ("np.random", "random")), (
                 f"{module}: global seed"
             )
+
+
+#: the longest function body the package allows (signature and docstring included)
+MAX_FUNCTION_LINES = 80
+
+
+@pytest.mark.parametrize("module,path", list(MODULES.items()), ids=lambda v: str(v))
+def test_no_function_over_80_lines(module, path):
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines, line {node.lineno})"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"{module}: split by responsibility: {', '.join(long)}"

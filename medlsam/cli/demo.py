@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
+from medlsam.config import DEVICES
 from medlsam.errors import CheckpointError
 from medlsam.weights import demo_checkpoint  # noqa: F401 (re-exported: the demo's own helper)
 
@@ -49,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("medlsam_demo"),
         help="output folder (default ./medlsam_demo)",
     )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto"
-    )
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     parser.add_argument(
         "--queries", type=int, default=3, help="number of query phantoms (default 3)"
     )

@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from medlsam.errors import ConfigError, MedlsamError
-from medlsam.pipeline.report import write_infer_report
-from medlsam.pipeline.run import run
-from medlsam.pipeline.shard import RECORD, Shard, merge_records
+from medlsam.pipeline.shard import RUN, Shard, merge_records, record_name
 
 logger = logging.getLogger(__name__)
 
@@ -196,12 +194,23 @@ def finish(device: str) -> None:
         dist.destroy_process_group()
 
 
-def run_sharded(cfg: Any, device: str = "auto", shard: Shard | None = None, **options: Any) -> Any:
-    """:func:`medlsam.pipeline.run.run` on this process's part of the queries.
+def run_sharded(
+    run: Callable[..., Any],
+    cfg: Any,
+    device: str = "auto",
+    shard: Shard | None = None,
+    **options: Any,
+) -> Any:
+    """``run(cfg, device=, shard=, merge=, share=, **options)`` on this process's part of the
+    queries.
+
+    ``run`` is a command's run function (:func:`medlsam.pipeline.run.run` or
+    :func:`medlsam.pipeline.localize.localize`); it returns a
+    :class:`~medlsam.pipeline.loop.RunReport`.
 
     Outside ``torchrun``: ``shard`` (default: everything). Under ``torchrun`` with several
     ranks: the rank's shard on its device; then the records are gathered, rank 0 writes the
-    merged ``run.json``, every rank waits for it, and every rank returns a report of the
+    merged record, every rank waits for it, and every rank returns a report of the
     WHOLE run (every rank's ``ok``, ``skipped`` and ``failed`` cases).
 
     Raises:
@@ -237,8 +246,8 @@ def run_sharded(cfg: Any, device: str = "auto", shard: Shard | None = None, **op
     report.ok = [c for e in everyone for c in e["ok"]]
     report.skipped = [c for e in everyone for c in e["skipped"]]
     report.failed = [(c, m) for e in everyone for c, m in e["failed"]]
-    report.cases, report.shard = list(report.order), Shard()
-    report.run_json = report.output / RECORD
+    report.cases, report.shard = list(report.order), Shard(stem=report.shard.stem)
+    report.run_json = report.output / record_name(report.shard.stem)
     return report
 
 
@@ -254,6 +263,7 @@ def _summary(env: DistEnv, report: Any, error: BaseException | None) -> dict[str
         }
     return {
         "record": report.record,
+        "stem": report.shard.stem,
         "output": str(report.output),
         "order": list(report.order),
         "ok": report.ok,
@@ -263,8 +273,8 @@ def _summary(env: DistEnv, report: Any, error: BaseException | None) -> dict[str
 
 
 def _merge(env: DistEnv, report: Any, everyone: list[dict[str, Any]]) -> None:
-    """Rank 0: merge the records the ranks have into ``run.json`` (its own, if it failed,
-    taken from the first rank that has one)."""
+    """Rank 0: merge the records the ranks have into ``<stem>.json`` (its own, if it failed,
+    taken from the first rank that has one); ``report.html`` for ``medlsam-infer``'s run."""
     from pathlib import Path
 
     docs = [e["record"] for e in everyone if e.get("record")]
@@ -274,7 +284,11 @@ def _merge(env: DistEnv, report: Any, everyone: list[dict[str, Any]]) -> None:
         return
     output = report.output if report is not None else Path(first["output"])
     order = report.order if report is not None else first["order"]
+    stem = report.shard.stem if report is not None else first["stem"]
     header = {k: v for k, v in first["record"].items() if k != "cases"}
-    path = merge_records(output, header, docs, order)
+    path = merge_records(output, header, docs, order, stem)
     logger.info("%d ranks finished: records merged into %s", env.world_size, path)
-    write_infer_report(output)
+    if stem == RUN:  # medlsam-infer's run: its report.html
+        from medlsam.pipeline.report import write_infer_report
+
+        write_infer_report(output)

@@ -42,6 +42,7 @@ from typing import Any
 from medlsam.config import Config
 from medlsam.errors import OutputError
 from medlsam.io import atomic_write_text
+from medlsam.localization.base import FewShotLocalizer
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +120,7 @@ def settings(
     if cfg.vit.backend.startswith("medsam"):
         out["medsam_normalization"] = cfg.vit.medsam_normalization
     if not boxes_from_labels:
-        out.update(
-            bbox_mode=data.bbox_mode.value,
-            slice_interval=data.slice_interval,
-            feature_scale_ls=list(data.feature_scale_ls),
-            rdr_steps=data.rdr_steps,
-            mss_share_mm=data.mss_share_mm,
-            localizer_sha256=localizer_sha,
-            support_images=[str(p) for p in data.support_images],
-        )
+        out.update(localizer_settings(cfg, localizer_sha))
     if cfg.vit.backend == "classic":
         out["support_images"] = [str(p) for p in data.support_images]
     if cfg.run.published:  # a query's start centres depend on the queries before it
@@ -144,35 +137,79 @@ def _gpu_name(device: str) -> str | None:
     return torch.cuda.get_device_name(torch.device(device))
 
 
+def localizer_settings(cfg: Config, localizer_sha: str | None) -> dict[str, Any]:
+    """What the boxes of a case depend on."""
+    data = cfg.data
+    return {
+        "bbox_mode": data.bbox_mode.value,
+        "slice_interval": data.slice_interval,
+        "feature_scale_ls": list(data.feature_scale_ls),
+        "rdr_steps": data.rdr_steps,
+        "mss_share_mm": data.mss_share_mm,
+        "localizer_sha256": localizer_sha,
+        "support_images": [str(p) for p in data.support_images],
+    }
+
+
+def fingerprint(localizer: Any) -> str | None:
+    """The localizer's weights fingerprint, or None for one that is not few-shot (tests)."""
+    return localizer.fingerprint if isinstance(localizer, FewShotLocalizer) else None
+
+
+def _common(cfg: Config, device: str) -> dict[str, Any]:
+    return {
+        "versions": versions(),
+        "device": device,
+        "gpu": _gpu_name(device),
+        "config_file": str(cfg.path),
+        "config": jsonable(cfg),
+    }
+
+
+def _localizer_doc(cfg: Config, sha: str | None) -> dict[str, Any]:
+    return {
+        "checkpoint": str(cfg.weight.medlam_load_path),
+        "checkpoint_sha256": sha,
+        "prototypes": str(cfg.data.prototypes) if cfg.data.prototypes else None,
+    }
+
+
+def localize_header(cfg: Config, device: str, localizer: Any) -> dict[str, Any]:
+    """The header of a ``medlsam-localize`` record (``localize.json``): no segmenter."""
+    sha = fingerprint(localizer)
+    return {
+        "command": "localize",
+        **_common(cfg, device),
+        "localizer": _localizer_doc(cfg, sha),
+        "settings": {
+            **numerics(device, None, localizer),
+            "fg_class": list(cfg.data.fg_class),
+            "seed": cfg.run.seed,
+            **localizer_settings(cfg, sha),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def run_header(
     cfg: Config, device: str, segmenter: Any, localizer: Any, baseline: bool
 ) -> dict[str, Any]:
     """The description of a run at the top of its record (everything but ``cases``)."""
-    localizer_sha = getattr(localizer, "fingerprint", None)
-    segmenter_sha = getattr(segmenter, "checkpoint_sha256", None)
+    localizer_sha = fingerprint(localizer)
+    segmenter_sha = segmenter.checkpoint_sha256
     uses = (["boxes_from_labels"] if baseline else []) + (
         ["gt_slice_threshold"] if cfg.run.use_gt_slice_threshold else []
     )
     return {
         "upper_bound_baseline": baseline,
         "uses_query_labels": uses,
-        "versions": versions(),
-        "device": device,
-        "gpu": _gpu_name(device),
-        "config_file": str(cfg.path),
-        "config": jsonable(cfg),
+        **_common(cfg, device),
         "segmenter": {
             "backend": segmenter.name,
             "checkpoint": str(cfg.weight.vit_load_path) if segmenter_sha else None,
             "checkpoint_sha256": segmenter_sha,
         },
-        "localizer": None
-        if baseline
-        else {
-            "checkpoint": str(cfg.weight.medlam_load_path),
-            "checkpoint_sha256": localizer_sha,
-            "prototypes": str(cfg.data.prototypes) if cfg.data.prototypes else None,
-        },
+        "localizer": None if baseline else _localizer_doc(cfg, localizer_sha),
         "settings": settings(
             cfg,
             segmenter_sha,

@@ -122,3 +122,19 @@ def prepare_localizer(localizer: Any, cfg: Config, supports: Callable[[], Iterab
     if path is not None:
         localizer.save_prototypes(path)
         logger.info("prototypes saved to %s", path)
+
+
+def prepare_or_share(
+    share: Callable[..., None] | None,
+    localizer: Any,
+    cfg: Config,
+    supports: Callable[[], Iterable],
+    needed: bool,
+) -> None:
+    """Get the localizer's prototypes: ``share(localizer, cfg, supports, needed)`` when given
+    (under ``torchrun`` every rank takes part, needed or not:
+    :mod:`medlsam.pipeline.distributed`), else :func:`prepare_localizer` when ``needed``."""
+    if share is not None:
+        share(localizer, cfg, supports, needed)
+    elif needed:
+        prepare_localizer(localizer, cfg, supports)

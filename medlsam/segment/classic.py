@@ -196,6 +196,11 @@ class ClassicSegmenter:
         self.models: dict[int, OrganModel] = {}
         self.stats = SegmenterStats()
 
+    @property
+    def needs_supports(self) -> bool:
+        """True until :meth:`fit` has learned an intensity model per organ."""
+        return not self.models
+
     def fit(self, supports: Sequence[tuple[Volume, Volume]], classes: Sequence[int]) -> None:
         """Learn one intensity model per organ from support ``(image, label)`` pairs.
 

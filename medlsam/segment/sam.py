@@ -220,6 +220,9 @@ class SamSegmenter:
         self._lock = threading.Lock()
         self._processes: ProcessPoolExecutor | None = None
 
+    #: SAM needs no support scans (it is prompted with boxes only)
+    needs_supports = False
+
     def fit(self, supports: Sequence[tuple[Volume, Volume]], classes: Sequence[int]) -> None:
         """Nothing to learn: SAM is prompted by boxes only."""
 

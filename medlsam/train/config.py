@@ -170,23 +170,8 @@ class _Reader(SectionReader):
         return paths
 
 
-def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
-    """Load a MedLAM training config (published ``.txt`` format plus medlsam's keys).
-
-    Raises:
-        ConfigError: one line naming the file, the key, the value and what was expected (with
-            the closest known key for a misspelt one), or the missing list files.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: training config not found")
-    r = _Reader(path, read_raw(path), _KNOWN)
-    r.fixed("data", "patch_size", [64, 64, 64])
-    r.fixed("data", "class_num", 3)
-    r.fixed("network", "class_num", 3)
-    r.fixed("network", "net_type", "MedLAM")
-    r.fixed("network", "dilation", 1)
-    r.fixed("network", "input_channel", 1)
+def _ratio_scales_interpolation(r: _Reader) -> tuple[list, list, str]:
+    """``[data] distance_ratio``, ``[training] mss_scales`` and ``[data] interpolation``."""
     ratio = r.get("data", "distance_ratio", [1500.0, 600.0, 600.0])
     if not (
         isinstance(ratio, list)
@@ -219,6 +204,27 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
             interpolation,
             f"spline or linear{suggest(str(interpolation), ['spline', 'linear'])}",
         )
+    return ratio, scales, interpolation
+
+
+def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Load a MedLAM training config (published ``.txt`` format plus medlsam's keys).
+
+    Raises:
+        ConfigError: one line naming the file, the key, the value and what was expected (with
+            the closest known key for a misspelt one), or the missing list files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: training config not found")
+    r = _Reader(path, read_raw(path), _KNOWN)
+    r.fixed("data", "patch_size", [64, 64, 64])
+    r.fixed("data", "class_num", 3)
+    r.fixed("network", "class_num", 3)
+    r.fixed("network", "net_type", "MedLAM")
+    r.fixed("network", "dilation", 1)
+    r.fixed("network", "input_channel", 1)
+    ratio, scales, interpolation = _ratio_scales_interpolation(r)
     pretrained = None
     if r.boolean("training", "load_pretrained_model", False):
         pretrained = r.path_value("training", "pretrained_model_path")
