@@ -27,7 +27,7 @@ from medlsam.boxes import write_boxes_json
 from medlsam.config import Config, check_case_names, force_reproduce
 from medlsam.evaluation.box_metrics import BoxScore, score_organ, summarize, write_reports
 from medlsam.io import label_on_image_grid, read_image, read_label
-from medlsam.localization.base import BoxLocalizer, FewShotLocalizer
+from medlsam.localization.base import BoxLocalizer, FewShotLocalizer, SupportLocalizer
 from medlsam.pipeline.loop import RunOptions, RunReport, run_options, run_task
 from medlsam.pipeline.record import localize_header
 from medlsam.pipeline.setup import (
@@ -94,7 +94,7 @@ class LocalizeTask:
     def prepare(self, needed: bool) -> None:
         """Load the prototypes, or fit them on the support scans (streamed one at a time),
         when ``needed`` (some case is left); ``share`` is called either way."""
-        needs_prototypes = needed and isinstance(self.localizer, FewShotLocalizer)
+        needs_prototypes = needed and isinstance(self.localizer, SupportLocalizer)
         supports = supports_loader(self.cfg, keep=False)
         prepare_or_share(self.share, self.localizer, self.cfg, supports, needs_prototypes)
 

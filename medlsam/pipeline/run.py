@@ -43,7 +43,7 @@ from medlsam.config import Config, check_case_names, force_reproduce
 from medlsam.dicom_seg import check_available as check_dicom_seg
 from medlsam.errors import ConfigError
 from medlsam.io import Volume, read_image, read_label
-from medlsam.localization.base import BoxLocalizer, FewShotLocalizer
+from medlsam.localization.base import BoxLocalizer, SupportLocalizer
 from medlsam.pipeline.case import case_rng, run_case, truth_boxes  # noqa: F401 (public names)
 from medlsam.pipeline.loop import RunOptions, RunReport, run_options, run_task
 from medlsam.pipeline.outputs import outputs_complete, remove_case, write_case
@@ -91,7 +91,7 @@ class InferTask:
         needs_prototypes = (
             needed
             and not self.options.boxes_from_labels
-            and isinstance(self.localizer, FewShotLocalizer)
+            and isinstance(self.localizer, SupportLocalizer)
         )
         prepare_or_share(self.options.share, self.localizer, self.cfg, supports, needs_prototypes)
         if fit_segmenter:
