@@ -1,7 +1,8 @@
 """What a localizer offers the pipeline: boxes for a query, and (few-shot) learning from supports.
 
 :class:`BoxLocalizer` is all a run needs to segment (tests pass a localizer that reads the true
-boxes from labels); :class:`FewShotLocalizer` adds what MedLAM's
+boxes from labels); :class:`SupportLocalizer` is one fitted on the support scans before the
+first query (the pipeline fits any such localizer); :class:`FewShotLocalizer` adds what MedLAM's
 :class:`~medlsam.localization.localizer.Localizer` does before the queries: prototypes fitted on
 the support scans, saved and loaded, and a fingerprint of its weights for the run record.
 """
@@ -25,8 +26,7 @@ class BoxLocalizer(Protocol):
 
 @runtime_checkable
 class SupportLocalizer(BoxLocalizer, Protocol):
-    """A :class:`BoxLocalizer` that must see the support scans before the queries (MedLAM
-    fits prototypes; registration keeps the labelled scans as atlases)."""
+    """A :class:`BoxLocalizer` fitted on the support scans (image, label) before its first query."""
 
     def fit(self, supports: Iterable[tuple[Volume, Volume]], classes: Sequence[int]) -> Any: ...
 

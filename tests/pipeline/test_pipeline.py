@@ -220,3 +220,33 @@ def test_end_to_end_tiny_sam(tmp_path):
     assert entry["encoder_calls"] == entry["slices_segmented"] == entry["decoder_calls"] > 0
     written = nib.load(str(report.output / "query_0.nii.gz"))
     assert written.shape == labels["query_0"].shape
+
+
+class _SupportFittedLocalizer(FakeLocalizer):
+    """A localizer that is fitted on the supports but has no prototypes file or fingerprint."""
+
+    def __init__(self, labels, classes) -> None:
+        super().__init__(labels, classes)
+        self.fitted_on: list[int] = []
+
+    def fit(self, supports, classes) -> None:
+        self.fitted_on.append(sum(1 for _ in supports))
+
+
+def test_a_localizer_fitted_on_supports_is_fitted_once_and_not_when_all_is_done(tmp_path):
+    from medlsam.localization.base import FewShotLocalizer, SupportLocalizer
+    from medlsam.pipeline.localize import localize
+
+    config, labels = make_cohort(tmp_path, n_queries=2)
+    cfg = load_config(config)
+    assert cfg.data.prototypes is None
+    localizer = _SupportFittedLocalizer(labels, [1, 2])
+    assert isinstance(localizer, SupportLocalizer)
+    assert not isinstance(localizer, FewShotLocalizer)
+    n_supports = len(cfg.data.support_images)
+    report = run(cfg, "cpu", progress=False, localizer=localizer, segmenter=_classic(cfg))
+    assert report.ok == ["query_0", "query_1"] and localizer.fitted_on == [n_supports]
+    run(cfg, "cpu", progress=False, localizer=localizer, segmenter=_classic(cfg))
+    assert localizer.fitted_on == [n_supports]  # every case done: no fit
+    boxes = localize(cfg, "cpu", output=tmp_path / "boxes", progress=False, localizer=localizer)
+    assert boxes.ok == ["query_0", "query_1"] and localizer.fitted_on == [n_supports] * 2
