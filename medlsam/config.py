@@ -249,6 +249,22 @@ def _localize_config(reader: SectionReader, medlam_path: Path | None) -> Localiz
     return LocalizeConfig("registration", "default: no [weight] medlam_load_path", fusion)
 
 
+def _read_vit(
+    reader: SectionReader, net_type: str, vit_path: Path | None, published: bool
+) -> VitConfig:
+    """The ``[vit]`` section (``reproduce = published`` makes ``overlap = later`` the default)."""
+    return VitConfig(
+        net_type=net_type,
+        backend=_resolve_backend(reader, net_type, vit_path),
+        medsam_normalization=reader.choice(
+            "vit", "medsam_normalization", "imagenet", MEDSAM_NORMALIZATIONS
+        ),
+        overlap=reader.choice("vit", "overlap", "later" if published else "score", OVERLAP_RULES),
+        precision=reader.choice("vit", "precision", "fp32", SAM_PRECISIONS),
+        classic_contrast=reader.choice("vit", "classic_contrast", "keep", CLASSIC_CONTRAST),
+    )
+
+
 def _device(reader: SectionReader) -> str:
     """``[run] device``: auto, cpu, cuda or cuda:N (N = 0, 1, ...)."""
     value = str(reader.get("run", "device", "auto")).strip()
@@ -451,18 +467,7 @@ def load_config(
             seg_png_save_path=reader.path_value("data", "seg_png_save_path"),
             prototypes=prototypes,
         ),
-        vit=VitConfig(
-            net_type=net_type,
-            backend=_resolve_backend(reader, net_type, vit_path),
-            medsam_normalization=reader.choice(
-                "vit", "medsam_normalization", "imagenet", MEDSAM_NORMALIZATIONS
-            ),
-            overlap=reader.choice(
-                "vit", "overlap", "later" if published else "score", OVERLAP_RULES
-            ),
-            precision=reader.choice("vit", "precision", "fp32", SAM_PRECISIONS),
-            classic_contrast=reader.choice("vit", "classic_contrast", "keep", CLASSIC_CONTRAST),
-        ),
+        vit=_read_vit(reader, net_type, vit_path, published),
         weight=WeightConfig(medlam_load_path=medlam_path, vit_load_path=vit_path),
         run=_read_run(reader, reproduce),
         localize=localize,
