@@ -238,14 +238,19 @@ _KNOWN: dict[str, dict[str, bool]] = {
 }
 
 
-def _localize_config(reader: SectionReader, medlam_path: Path | None) -> LocalizeConfig:
-    """``[localize]``: an explicit method, else MedLAM when its checkpoint is named."""
+def _localize_config(
+    reader: SectionReader, medlam_path: Path | None, prototypes: Path | None
+) -> LocalizeConfig:
+    """``[localize]``: an explicit method, else MedLAM when its checkpoint (or a MedLAM
+    prototypes file) is named, else registration."""
     fusion = reader.choice("localize", "fusion", "median", REGISTRATION_FUSIONS)
     if reader.get("localize", "method") is not None:
         method = reader.choice("localize", "method", "medlam", LOCALIZE_METHODS)
         return LocalizeConfig(method, "config", fusion)
     if medlam_path is not None:
         return LocalizeConfig("medlam", "default: [weight] medlam_load_path is set", fusion)
+    if prototypes is not None:
+        return LocalizeConfig("medlam", "default: [data] prototypes is set", fusion)
     return LocalizeConfig("registration", "default: no [weight] medlam_load_path", fusion)
 
 
@@ -437,7 +442,7 @@ def load_config(
         raise ConfigError(
             f"{path}: [data] needs support_image_ls and support_label_ls, or a prototypes file"
         )
-    localize = _localize_config(reader, medlam_path)
+    localize = _localize_config(reader, medlam_path, prototypes)
     if localize.method == "registration" and lists["support_image_ls"] is None:
         raise ConfigError(
             f"{path}: [localize] method = registration needs [data] support_image_ls and "
