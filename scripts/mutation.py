@@ -74,7 +74,6 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/segment/test_golden_prompts.py",
             "tests/pipeline/test_golden_chain.py",
             "tests/segment/test_assemble.py",
-            "tests/pipeline/test_reproduce.py",
         ],
     ),
     "segment_base": (
@@ -93,8 +92,12 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "medlsam/localization/prototypes.py",
         ["tests/pipeline/test_golden_chain.py", "tests/localization/test_localize.py"],
     ),
-    "matching": ("medlsam/localization/matching.py", ["tests/localization/test_localize.py"]),
+    "matching": (
+        "medlsam/localization/matching.py",
+        ["tests/localization/test_golden_matching.py", "tests/localization/test_localize.py"],
+    ),
     "metrics": ("medlsam/evaluation/metrics.py", ["tests/evaluation/test_metrics.py"]),
+    "box_metrics": ("medlsam/evaluation/box_metrics.py", ["tests/evaluation/test_box_eval.py"]),
 }
 #: mutmut statuses: a mutant that made a test fail (or hang), and one that was not run at all
 KILLED = ("killed", "timeout")

@@ -169,3 +169,75 @@ def test_sam_slice_shrinking_matches_skimage(shape):
         img, (1024, 1024), order=2, preserve_range=True, mode="constant", anti_aliasing=True
     )
     assert np.abs(ours - np.clip(ref, 0, 255).astype(np.uint8).astype(int)).max() <= 1
+
+
+def _hu_plane() -> np.ndarray:
+    """A 20 x 30 HU slice: a -1000 HU band, a 0 HU block (raw zero), a ramp, 1400 HU bone."""
+    plane = np.linspace(-300.0, 900.0, 600).reshape(20, 30)
+    plane[:, :6] = -1000.0
+    plane[5:15, 10:20] = 0.0
+    plane[18:, 25:] = 1400.0
+    return plane
+
+
+@pytest.mark.parametrize("zero_raw_zero", [False, True])
+def test_sam_slice_of_one_hu_slice_windows_with_the_volume_range(zero_raw_zero):
+    """One slice windowed with the volume's clipped range (-500, 1000 HU, not the slice's own
+    -500 .. 1000 by chance: here lo = -450, hi = 800), by hand: clip to [-500, 1000], then
+    (x - lo) * 255 / (hi - lo) in float32; raw 0 HU set to 0 only when asked."""
+    plane = _hu_plane()
+    lo, hi = -450.0, 800.0
+    window = (np.clip(plane, -500.0, 1000.0).astype(np.float32) - lo) * np.float32(255.0 / 1250.0)
+    if zero_raw_zero:
+        window[plane == 0.0] = 0.0
+    # the 0 HU block: (0 + 450) * 255 / 1250 = 91.8; bone clipped to 1000: 306 (the resize clips
+    # to the input range, the uint8 cast to 255)
+    assert window[10, 15] == pytest.approx(0.0 if zero_raw_zero else 91.8)
+    expected = pp.sam_slice(window)
+    if zero_raw_zero:
+        got = pp.sam_slice_from_hu(plane, lo, hi, zero_raw_zero)
+    else:  # the defaults: raw 0 HU kept, medlsam's window
+        got = pp.sam_slice_from_hu(plane, lo, hi)
+    assert got.dtype == np.uint8 and got.shape == (1024, 1024, 3)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_sam_slice_of_one_hu_slice_in_the_published_window():
+    """window="published": float64 arithmetic, raw 0 HU always 0, truncated to int32 before
+    resizing: 1 HU with lo = -500, hi = 1000 is 501 / 1500 * 255 = 85.17 -> 85."""
+    plane = _hu_plane()
+    plane[0, 29] = 1.0
+    lo, hi = -500.0, 1000.0
+    window = np.clip(plane, -500.0, 1000.0)
+    window = ((window - lo) / (hi - lo) * 255.0)
+    window[plane == 0.0] = 0.0
+    window = window.astype(np.int32)
+    assert window[0, 29] == 85 and window[10, 15] == 0
+    np.testing.assert_array_equal(
+        pp.sam_slice_from_hu(plane, lo, hi, window="published"), pp.sam_slice(window)
+    )
+    # a flat volume range gives an all-zero image in both windows
+    for window_name in ("medlsam", "published"):
+        flat = pp.sam_slice_from_hu(plane, 40.0, 40.0, window=window_name)
+        assert flat.shape == (1024, 1024, 3) and not flat.any()
+
+
+def test_sam_slices_of_a_stack_equal_each_slice_and_report_seconds():
+    planes = np.stack([_hu_plane(), _hu_plane()[::-1]])
+    images, seconds = pp.sam_slices_from_hu(planes, -450.0, 800.0, True, "medlsam")
+    assert images.shape == (2, 1024, 1024, 3) and images.dtype == np.uint8
+    for plane, image in zip(planes, images):
+        window = (np.clip(plane, -500.0, 1000.0).astype(np.float32) + 450.0) * np.float32(
+            255.0 / 1250.0
+        )
+        window[plane == 0.0] = 0.0
+        np.testing.assert_array_equal(image, pp.sam_slice(window))
+    assert not np.array_equal(images[0], images[1])
+    kept, _ = pp.sam_slices_from_hu(planes[:1], -450.0, 800.0)  # default: raw 0 HU kept
+    np.testing.assert_array_equal(kept[0], pp.sam_slice_from_hu(planes[0], -450.0, 800.0))
+    assert not np.array_equal(kept[0], images[0])
+    assert 0.0 <= seconds < 60.0
+    published, _ = pp.sam_slices_from_hu(planes, -500.0, 1000.0, window="published")
+    np.testing.assert_array_equal(
+        published[1], pp.sam_slice_from_hu(planes[1], -500.0, 1000.0, window="published")
+    )
