@@ -241,3 +241,28 @@ def test_sam_slices_of_a_stack_equal_each_slice_and_report_seconds():
     np.testing.assert_array_equal(
         published[1], pp.sam_slice_from_hu(planes[1], -500.0, 1000.0, window="published")
     )
+
+
+def _scipy_sam_resize(img: np.ndarray, dtype) -> np.ndarray:
+    """skimage's resize(order=2, mode="constant", anti_aliasing=True) as scipy calls, in dtype:
+    no smoothing when enlarging, an order-2 zoom on aligned pixel centres, zero outside."""
+    x = img.astype(dtype)
+    zoomed = ndimage.zoom(
+        x, [1024 / n for n in x.shape], order=2, mode="grid-constant", cval=0.0, grid_mode=True
+    )
+    return np.clip(np.clip(zoomed, img.min(), img.max()), 0, 255).astype(np.uint8)
+
+
+def test_float32_slices_are_resized_in_float32_others_in_float64():
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 255, (64, 80)).astype(np.float32)
+    single, double = _scipy_sam_resize(img, np.float32), _scipy_sam_resize(img, np.float64)
+    assert (single != double).sum() > 0  # the two precisions round a few pixels differently
+    np.testing.assert_array_equal(pp.sam_slice(img)[..., 0], single)
+    np.testing.assert_array_equal(pp.sam_slice(img.astype(np.float64))[..., 0], double)
+    as_int = np.rint(img).astype(np.int32)  # integer windows (published) in float64
+    np.testing.assert_array_equal(pp.sam_slice(as_int)[..., 0], _scipy_sam_resize(as_int, float))
+    as_uint = np.rint(img).astype(np.uint8)
+    np.testing.assert_array_equal(
+        pp.sam_slice(as_uint)[..., 0], _scipy_sam_resize(as_uint, float)
+    )
