@@ -14,14 +14,19 @@ or did not reach, against today's tests, and merges the verdicts (after adding t
 
 Survivors listed in ``scripts/mutation_equivalent.txt`` (``mutant name  # reason``) are
 equivalent mutants: they change no behaviour, so no test can kill them. They are reported
-apart and left out of the score. The summary (one line per module, survivors with their diffs)
-is printed and written to ``<workdir>/<module>.json``.
+apart and left out of the score. Mutant names are numbered within each function, so they go
+stale when the function changes: each module's list carries a ``# checked <source> <digest>``
+line (``--list`` prints the current digests), and a module whose source no longer has that
+digest is reported with a warning until its equivalent mutants are checked again (their
+diffs are in the JSON). The summary (one line per module, survivors with their diffs) is
+printed and written to ``<workdir>/<module>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import hashlib
 import json
 import os
 import re
@@ -118,6 +123,19 @@ def read_equivalent(path: Path = EQUIVALENT_FILE) -> dict[str, str]:
         name, _, reason = line.partition("#")
         out[name.strip()] = reason.strip()
     return out
+
+
+def read_checked(path: Path = EQUIVALENT_FILE) -> dict[str, str]:
+    """``source -> digest`` of the ``# checked <source> <digest>`` lines of the list."""
+    if not path.is_file():
+        return {}
+    found = re.findall(r"^# checked (\S+) (\w+)\s*$", path.read_text(), flags=re.M)
+    return dict(found)
+
+
+def source_digest(source: str) -> str:
+    """First 16 hex digits of the sha256 of a module's source as it is now."""
+    return hashlib.sha256((ROOT / source).read_bytes()).hexdigest()[:16]
 
 
 def mutmut_config(source: str, tests: list[str]) -> str:
@@ -257,6 +275,8 @@ def summarize(name: str, workdir: Path, status: dict[str, str] | None = None) ->
     tested = len(done) - (len(survivors) - len(live))
     killed = sum(1 for v in done.values() if v in KILLED)
     diffs = diffs_of(workdir, live)
+    equivalent_diffs = diffs_of(workdir, sorted(set(survivors) - set(live)))
+    checked = read_checked().get(source) == source_digest(source)
     return {
         "module": name,
         "source": source,
@@ -271,6 +291,8 @@ def summarize(name: str, workdir: Path, status: dict[str, str] | None = None) ->
         "survived": live,
         "score": round(100.0 * killed / tested, 1) if tested else None,
         "diffs": diffs,
+        "equivalent_checked": checked or not equivalent_diffs,
+        "equivalent_diffs": equivalent_diffs,
     }
 
 
@@ -294,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (source, tests) in MODULES.items():
             chain = " (coordinate chain)" if name in COORDINATE_CHAIN else ""
             print(f"{name}{chain}: {source} <- {' '.join(tests)}")
+            print(f"    # checked {source} {source_digest(source)}")
         return 0
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -312,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{report['seconds'] or 0:.0f} s{'' if report['finished'] else ' (interrupted)'}"
         )
         print(line, flush=True)
+        if not report["equivalent_checked"]:
+            print(
+                f"warning: {report['source']} changed since its equivalent mutants were checked "
+                f"(names may be stale): check them ({args.workdir / name}.json) and update the "
+                "'# checked' line of scripts/mutation_equivalent.txt",
+                flush=True,
+            )
         for mutant in report["survived"]:
             print(report["diffs"][mutant], flush=True)
         (args.workdir / f"{name}.json").write_text(json.dumps(report, indent=2))

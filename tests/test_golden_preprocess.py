@@ -209,7 +209,7 @@ def test_sam_slice_of_one_hu_slice_in_the_published_window():
     plane[0, 29] = 1.0
     lo, hi = -500.0, 1000.0
     window = np.clip(plane, -500.0, 1000.0)
-    window = ((window - lo) / (hi - lo) * 255.0)
+    window = (window - lo) / (hi - lo) * 255.0
     window[plane == 0.0] = 0.0
     window = window.astype(np.int32)
     assert window[0, 29] == 85 and window[10, 15] == 0
@@ -245,8 +245,12 @@ def test_sam_slices_of_a_stack_equal_each_slice_and_report_seconds():
 
 def _scipy_sam_resize(img: np.ndarray, dtype) -> np.ndarray:
     """skimage's resize(order=2, mode="constant", anti_aliasing=True) as scipy calls, in dtype:
-    no smoothing when enlarging, an order-2 zoom on aligned pixel centres, zero outside."""
+    a Gaussian of sigma (factor - 1) / 2 along shrunk axes, an order-2 zoom on aligned pixel
+    centres, zero outside, clipped to the input's range, then to [0, 255]."""
     x = img.astype(dtype)
+    sigma = np.maximum(0.0, (np.array(x.shape) / 1024 - 1) / 2)  # anti-aliasing when shrinking
+    if sigma.any():
+        x = ndimage.gaussian_filter(x, sigma, mode="grid-constant", cval=0.0)
     zoomed = ndimage.zoom(
         x, [1024 / n for n in x.shape], order=2, mode="grid-constant", cval=0.0, grid_mode=True
     )
@@ -263,6 +267,16 @@ def test_float32_slices_are_resized_in_float32_others_in_float64():
     as_int = np.rint(img).astype(np.int32)  # integer windows (published) in float64
     np.testing.assert_array_equal(pp.sam_slice(as_int)[..., 0], _scipy_sam_resize(as_int, float))
     as_uint = np.rint(img).astype(np.uint8)
-    np.testing.assert_array_equal(
-        pp.sam_slice(as_uint)[..., 0], _scipy_sam_resize(as_uint, float)
-    )
+    np.testing.assert_array_equal(pp.sam_slice(as_uint)[..., 0], _scipy_sam_resize(as_uint, float))
+
+
+def test_sam_slice_clips_to_the_uint8_range_and_smooths_when_shrinking():
+    rng = np.random.default_rng(2)
+    wide = rng.uniform(-50, 300, (64, 80)).astype(np.float32)  # outside [0, 255] both ways
+    out = pp.sam_slice(wide)[..., 0]
+    np.testing.assert_array_equal(out, _scipy_sam_resize(wide, np.float32))
+    assert out.min() == 0 and out.max() == 255
+    tall = rng.uniform(1, 255, (1300, 90)).astype(np.float32)  # shrunk along axis 0 only
+    np.testing.assert_array_equal(pp.sam_slice(tall)[..., 0], _scipy_sam_resize(tall, np.float32))
+    ones = pp.sam_slice(np.ones((30, 50), np.float32))  # a flat slice stays flat
+    assert ones.min() == ones.max() == 1

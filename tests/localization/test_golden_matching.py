@@ -23,7 +23,6 @@ from medlsam.localization.matching import (
     similarity_map,
 )
 
-
 # --------------------------------------------------------------------------------------------
 # patches
 
