@@ -95,7 +95,11 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "prototypes": (
         "medlsam/localization/prototypes.py",
-        ["tests/pipeline/test_golden_chain.py", "tests/localization/test_localize.py"],
+        [
+            "tests/localization/test_golden_prototypes.py",
+            "tests/pipeline/test_golden_chain.py",
+            "tests/localization/test_localize.py",
+        ],
     ),
     "matching": (
         "medlsam/localization/matching.py",
