@@ -34,6 +34,7 @@ def test_iou_and_wall_distance_by_hand():
     assert score.iou == pytest.approx(27 / 101)
     # each wall is 1 voxel off: per axis 1 * spacing -> mean(1, 2, 3) = 2 mm
     assert score.wd_mm == pytest.approx(2.0)
+    assert score.sub_boxes == []  # one box: no sub-box scores
     assert wall_distance(pred, Box3D((2, 2, 2), (5, 5, 5)), (1, 1, 1)) == pytest.approx(1.0)
 
 
@@ -115,6 +116,7 @@ def test_sub_boxes_along_another_axis_by_hand():
     assert slab_box(mask, 0, 2, 4) == Box3D((2, 2, 1), (3, 9, 3))
     assert slab_box(mask, 2, 3, 5) == Box3D((1, 2, 3), (3, 9, 3))
     assert slab_box(mask, 2, 4, 5) is None
+    assert slab_box(mask, 0, 0, 4) == Box3D((1, 2, 1), (3, 9, 3))  # the organ starts at i 1
     assert wall_distance(Box3D((0, 0, 0), (4, 4, 4)), Box3D((1, 2, 3), (4, 4, 4)), (2, 1, 1)) == (
         pytest.approx((1.0 + 1.0 + 1.5) / 3)
     )  # per axis (1 + 0) / 2 * 2, (2 + 0) / 2 * 1, (3 + 0) / 2 * 1
@@ -151,7 +153,9 @@ def test_box_reports_by_hand(tmp_path):
         ["c", "1", "2", "scored", "0.000000", "", "1 10 1", "3 11 3", "", ""],
         ["d", "1", "all", "missed", "0.000000", "", "", "", "1 2 1", "3 9 3"],
     ]  # fmt: skip
-    doc = json.loads((tmp_path / "box_metrics.json").read_text())
+    text = (tmp_path / "box_metrics.json").read_text()
+    assert text.startswith('{\n  "definitions": "Scoring')  # indented by two spaces
+    doc = json.loads(text)
     assert doc["definitions"].startswith("Scoring of localization boxes against a label map")
     assert doc["summary"]["1"]["iou_mean"] == pytest.approx(0.4)
     assert doc["summary"]["1"]["cases"] == 2 and doc["summary"]["1"]["missed"] == 1
