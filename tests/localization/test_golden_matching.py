@@ -202,3 +202,31 @@ def test_mss_offsets_on_a_small_map():
     score[1, 3, 3, 3] = score[1, 5, 0, 0] = 2.0  # a tie: (3, 3, 3) is first in C order
     offsets = mss_offsets(score)
     assert offsets.dtype == np.int64 and offsets.tolist() == [[-3, 4, 0], [0, 0, 0]]
+
+
+def test_nearest_tissue_searches_cubes_of_radius_10_20_40(caplog):
+    """The fallback takes the nearest non-air voxel of the first cube ``[c - r, c + r]`` (both
+    ends) that holds one, r = 10, 20, 40, ...: not always the nearest of the whole volume."""
+    shape = (90, 70, 50)  # centre (45, 35, 25); the start window [c - 10, c + 10) is air
+
+    def fallback(*voxels, value=0.5):
+        padded = np.zeros(shape, np.float32)
+        for v in voxels:
+            padded[v] = value
+        return initial_centres(padded, np.random.default_rng(0), n=1)[0].tolist()
+
+    # corner of the r = 10 cube (17.3 voxels away) beats a voxel 11 away outside it, along x
+    assert fallback((55, 45, 35), (45, 35, 36)) == [55, 45, 35]
+    assert fallback((35, 25, 15), (45, 35, 14)) == [35, 25, 15]  # the low corner, likewise
+    # r = 20: its corner (34.6 away) beats a voxel 25 away, which r = 30 would have reached
+    assert fallback((65, 55, 45), (45, 35, 0)) == [65, 55, 45]
+    # a voxel exactly at the air threshold is tissue
+    assert fallback((55, 45, 35), value=0.001) == [55, 45, 35]
+    # 42^3: at r = 20 the cube reaches every high end (c + 21 = 42) but not index 0
+    padded = np.zeros((42, 42, 42), np.float32)
+    padded[0, 21, 21] = 0.5
+    assert initial_centres(padded, np.random.default_rng(0), n=1).tolist() == [[0, 21, 21]]
+    with caplog.at_level(logging.WARNING, logger="medlsam.localization.matching"):
+        air = initial_centres(np.zeros((30, 31, 32), np.float32), np.random.default_rng(0), n=2)
+    assert air.tolist() == [[15, 15, 16]] * 2
+    assert "initial patches start at [15 15 16]" in caplog.text
