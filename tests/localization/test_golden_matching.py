@@ -62,7 +62,8 @@ def test_search_centres_snap_to_the_shared_grid_and_stay_inside():
     shape = (80, 90, 120)  # allowed centres: [32, s - 33] = [32, 47], [32, 57], [32, 87]
     # 24 mm = 8 voxels: 40/8 = 5 -> 40; 41/8 = 5.125 -> 40; 100/8 = 12.5 -> 12 (half to even)
     # -> 96 -> 87; 36/8 = 4.5 -> 4 -> 32; 44/8 = 5.5 -> 6 -> 48; 3/8 -> 0 -> 32
-    assert search_centres(points, 24.0, shape).tolist() == [[40, 40, 87], [32, 48, 32]]
+    shared = search_centres(points, 24.0, shape)
+    assert shared.dtype == np.int64 and shared.tolist() == [[40, 40, 87], [32, 48, 32]]
     # 7.5 mm = 2.5 voxels -> a pitch of 2: 41/2 = 20.5 -> 20 -> 40; 3/2 = 1.5 -> 2 -> 4 -> 32
     assert search_centres(points, 7.5, shape).tolist() == [[40, 40, 87], [36, 44, 32]]
     # 1 mm rounds to a pitch of 0 -> at least 1: only the clamp acts
@@ -82,7 +83,10 @@ def test_initial_centres_fall_back_to_the_nearest_tissue_after_the_draws(caplog)
     with caplog.at_level(logging.WARNING, logger="medlsam.localization.matching"):
         centres = initial_centres(padded, np.random.default_rng(0), n=4)
     assert centres.dtype == np.int64 and centres.tolist() == [[44, 44, 44]] * 4
-    assert "initial patches start at [44 44 44]" in caplog.text  # 100 draws missed it
+    # 100 draws missed it
+    assert [r.getMessage() for r in caplog.records] == [
+        "the centre of the query is air; initial patches start at [44 44 44]"
+    ]
 
 
 def test_initial_centres_of_an_air_window_search_ever_larger_cubes():
@@ -230,3 +234,26 @@ def test_nearest_tissue_searches_cubes_of_radius_10_20_40(caplog):
         air = initial_centres(np.zeros((30, 31, 32), np.float32), np.random.default_rng(0), n=2)
     assert air.tolist() == [[15, 15, 16]] * 2
     assert "initial patches start at [15 15 16]" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "shape, tissue",
+    [
+        # window [c - 10, c + 10) per axis: (30..50, 20..40, 10..30) of 80 x 60 x 40
+        ((80, 60, 40), (45, slice(20, 40), slice(10, 30))),  # only z 40..49 of the window
+        ((80, 60, 40), (slice(30, 50), 35, slice(10, 30))),  # only y 30..39
+        # (10..30, 20..40, 30..50) of 40 x 60 x 80
+        ((40, 60, 80), (15, slice(20, 40), slice(30, 50))),  # only z 10..19
+        ((40, 60, 80), (slice(10, 30), 25, slice(30, 50))),  # only y 20..29
+    ],
+)
+def test_initial_centres_draw_from_the_whole_window_of_each_axis(shape, tissue):
+    """Tissue in one part of the start window only: the centres are drawn there (spread over
+    it), not taken from the nearest-tissue fallback (one voxel)."""
+    padded = np.zeros(shape, np.float32)
+    padded[tissue] = 0.5
+    centres = initial_centres(padded, np.random.default_rng(1))
+    assert np.all(padded[tuple(centres.T)] == 0.5)
+    lo = np.array(shape) // 2 - 10
+    assert np.all((centres >= lo) & (centres < lo + 20))
+    assert len({tuple(c) for c in centres.tolist()}) > 5
