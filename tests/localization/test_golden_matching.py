@@ -42,12 +42,12 @@ def _patch_by_loop(array: np.ndarray, centre, size: int) -> np.ndarray:
 def test_crop_patches_against_a_voxel_loop(size):
     array = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) + 1
     # inside, over the low and high ends of different axes, and entirely outside
-    centres = np.array([[2, 2, 3], [1, 4, 6], [0, 0, 0], [3, 1, 5], [-10, 2, 2], [2, 2, 9]])
+    centres = np.array([[2, 2, 3], [-10, 2, 2], [1, 4, 6], [0, 0, 0], [2, 2, 9], [3, 1, 5]])
     patches = crop_patches(array, centres, size=size)
     assert patches.shape == (6, 1, size, size, size) and patches.dtype == np.float32
     for n, centre in enumerate(centres):
         np.testing.assert_array_equal(patches[n, 0], _patch_by_loop(array, centre, size))
-    assert not patches[4].any() and not patches[5].any()
+    assert not patches[1].any() and not patches[4].any() and patches[5].any()
     # one centre given as a flat triple; the default edge is 64: [c - 32, c + 32) of the array
     # zero-padded by 64 on every side
     one = crop_patches(array, [1, 2, 3])
@@ -117,15 +117,26 @@ def test_initial_centres_draw_in_the_start_window():
 
 
 def _correlate_by_loop(feat: np.ndarray, temp: np.ndarray) -> np.ndarray:
-    """conv3d (cross-correlation) of ``(C, m, m, m)`` with ``(C, k, k, k)``, zero padding k//2."""
-    k = temp.shape[1]
-    p = k // 2
-    padded = np.pad(feat, ((0, 0), (p, p), (p, p), (p, p)))
-    n = padded.shape[1] - k + 1
-    out = np.zeros((n, n, n))
-    for z, y, x in np.ndindex(n, n, n):
-        out[z, y, x] = np.sum(padded[:, z : z + k, y : y + k, x : x + k] * temp)
+    """conv3d (cross-correlation) of ``(C, a, b, c)`` with ``(C, k0, k1, k2)``, zero padding
+    ``k // 2`` on both sides of each axis."""
+    k = temp.shape[1:]
+    padded = np.pad(feat, [(0, 0)] + [(n // 2, n // 2) for n in k])
+    out = np.zeros([padded.shape[1 + a] - k[a] + 1 for a in range(3)])
+    for z, y, x in np.ndindex(*out.shape):
+        out[z, y, x] = np.sum(padded[:, z : z + k[0], y : y + k[1], x : x + k[2]] * temp)
     return out
+
+
+@pytest.mark.parametrize("kernel", [(3, 2, 5), (5, 3, 2), (2, 5, 3)])
+def test_correlate_with_kernels_of_three_different_edges(kernel):
+    rng = np.random.default_rng(len(kernel) + kernel[0])
+    feats = rng.standard_normal((2, 3, 6, 7, 5))
+    temps = rng.standard_normal((2, 3, *kernel))
+    got = correlate(torch.from_numpy(feats).float(), torch.from_numpy(temps).float())
+    for b in range(2):
+        expected = _correlate_by_loop(feats[b], temps[b])
+        assert tuple(got[b].shape) == expected.shape
+        np.testing.assert_allclose(got[b].numpy(), expected, atol=1e-4)
 
 
 def _linear_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -175,7 +186,7 @@ def test_similarity_map_against_numpy():
     np.testing.assert_allclose(
         one.numpy(), _similarity_by_hand(feats, temps, ("feature1",), 5), atol=2e-5, rtol=1e-5
     )
-    with pytest.raises(ValueError, match="at least one feature scale"):
+    with pytest.raises(ValueError, match="^similarity_map needs at least one feature scale$"):
         similarity_map(as_torch, temps_torch, ())
 
 
