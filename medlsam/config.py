@@ -67,6 +67,8 @@ FEATURE_SCALES: tuple[str, ...] = ("feature0", "feature1", "feature2")
 MEDSAM_NORMALIZATIONS: tuple[str, ...] = ("imagenet", "unit")
 OVERLAP_RULES: tuple[str, ...] = ("score", "later")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: ``[run] engine``: how the networks run on the CPU (see medlsam.engine); CUDA runs PyTorch
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class RunConfig:
     seed: int = 2023
     device: str = "auto"
     use_gt_slice_threshold: bool = False
+    engine: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
     },
     "vit": {"net_type": False, "backend": False, "medsam_normalization": False, "overlap": False},
     "weight": {"medlam_load_path": False, "vit_load_path": False},
-    "run": {"seed": False, "device": False, "use_gt_slice_threshold": False},
+    "run": {"seed": False, "device": False, "use_gt_slice_threshold": False, "engine": False},
 }
 
 
@@ -325,6 +328,7 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
             seed=reader.int_value("run", "seed", 2023) or 0,
             device=reader.choice("run", "device", "auto", DEVICES),
             use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", False),
+            engine=reader.choice("run", "engine", "auto", ENGINES),
         ),
     )
     if check_files:

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from medlsam.config import ENGINES
 from medlsam.errors import ConfigError
 from medlsam.export_cache import ExportCache
 
 logger = logging.getLogger(__name__)
 
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 #: what ``auto`` picks on a CPU, first installed wins (fastest first, as measured)
 AUTO_ORDER: tuple[str, ...] = ("openvino", "onnxruntime")
 #: ONNX opset of the exported graphs
@@ -171,6 +171,7 @@ def compiled_graph(
     weights_sha256: str,
     cache: ExportCache | None = None,
     extra: dict | None = None,
+    dynamic_batch: bool = True,
 ) -> Graph:
     """``module`` exported to ONNX (cached by weights, engine version and shapes) and loaded.
 
@@ -183,6 +184,7 @@ def compiled_graph(
         weights_sha256: sha256 of the weights (a checkpoint file's, or :func:`state_sha256`).
         cache: where exports live (default :class:`ExportCache` at its default root).
         extra: more fields that the export depends on (module class, options).
+        dynamic_batch: export with a free batch dimension (else fixed to ``example``'s).
     """
     cache = cache or ExportCache()
     fields = {
@@ -193,11 +195,12 @@ def compiled_graph(
         "opset": OPSET,
         "input_shape": [int(s) for s in example.shape[1:]],
         "outputs": list(output_names),
+        "batch": "dynamic" if dynamic_batch else int(example.shape[0]),
         **(extra or {}),
     }
 
     def build(folder: Path) -> None:
-        export_onnx(module, example, folder / "model.onnx", output_names)
+        export_onnx(module, example, folder / "model.onnx", output_names, dynamic_batch)
 
     folder = cache.get(f"{name}-{engine}", fields, build)
     return Graph(engine, folder / "model.onnx", threads=torch.get_num_threads())
