@@ -7,6 +7,7 @@ line naming the file. Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from collections.abc import Mapping
@@ -79,3 +80,12 @@ def fit_problems(
         "unexpected keys": describe(unexpected) if unexpected else "",
     }
     return {kind: text for kind, text in found.items() if text}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

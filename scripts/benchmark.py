@@ -63,25 +63,25 @@ sys.path.insert(0, str(HERE))
 from benchmark_case import CaseSpec  # noqa: E402
 from benchmark_sampling import Sampler, medlam_key, sample_medlam, sample_sam  # noqa: E402
 
-import medlsam.localize as localize_module  # noqa: E402
+import medlsam.localization.localizer as localize_module  # noqa: E402
 from medlsam.boxes import Box3D, OrganBoxes  # noqa: E402
 from medlsam.config import load_config  # noqa: E402
-from medlsam.fast_sam import (  # noqa: E402
+from medlsam.io import read_image, read_label  # noqa: E402
+from medlsam.localization.localizer import Localizer  # noqa: E402
+from medlsam.localization.matching import INITIAL_PATCHES  # noqa: E402
+from medlsam.localization.network import build_medlam  # noqa: E402
+from medlsam.localization.prototypes import support_points  # noqa: E402
+from medlsam.pipeline.outputs import write_case as write_outputs  # noqa: E402
+from medlsam.pipeline.run import run_case  # noqa: E402
+from medlsam.pipeline.setup import resolve_device  # noqa: E402
+from medlsam.preprocess import PAD  # noqa: E402
+from medlsam.segment import SamSegmenter, build_segmenter  # noqa: E402
+from medlsam.segment.fast import (  # noqa: E402
     accelerate_image_encoder,
     configure_cpu_threads,
     is_accelerated,
     restore_image_encoder,
 )
-from medlsam.io import read_image, read_label  # noqa: E402
-from medlsam.localize import Localizer  # noqa: E402
-from medlsam.matching import INITIAL_PATCHES  # noqa: E402
-from medlsam.medlam import build_medlam  # noqa: E402
-from medlsam.pipeline import run_case  # noqa: E402
-from medlsam.pipeline_outputs import write_case as write_outputs  # noqa: E402
-from medlsam.pipeline_setup import resolve_device  # noqa: E402
-from medlsam.preprocess import PAD  # noqa: E402
-from medlsam.prototypes import support_points  # noqa: E402
-from medlsam.segment import SamSegmenter, build_segmenter  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -668,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder",
         choices=("fast", "stock"),
         default="fast",
-        help="SAM image encoder: medlsam.fast_sam (default) or segment_anything's",
+        help="SAM image encoder: medlsam.segment.fast (default) or segment_anything's",
     )
     p.add_argument(
         "--boxes",

@@ -10,7 +10,8 @@ Two cohorts, both unseen in training (the demo checkpoint was trained on phantom
 
 Localization as in ``medlsam-demo``: WPL, MSS refinement on feature0 (``--scales``), 3
 relative-distance steps (``--rdr-steps``), seed 2023.
-IoU as in :mod:`medlsam.box_eval` (voxel-counted boxes; an organ predicted outside scores 0).
+IoU as in :mod:`~medlsam.evaluation.box_metrics`
+(voxel-counted boxes; an organ predicted outside scores 0).
 
 Usage (from the repository root)::
 
@@ -64,10 +65,10 @@ def localize_cohort(
     slice_interval: int | None = None,
 ) -> tuple[list, dict]:
     """Box scores of every query organ, and the localizer's work counts (query side)."""
-    from medlsam.box_eval import score_organ
+    from medlsam.evaluation.box_metrics import score_organ
     from medlsam.io import case_name, read_image, read_label
-    from medlsam.localize import Localizer
-    from medlsam.medlam import build_medlam
+    from medlsam.localization.localizer import Localizer
+    from medlsam.localization.network import build_medlam
 
     supports, queries, classes = lists
     model = build_medlam(checkpoint, "cpu")

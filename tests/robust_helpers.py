@@ -17,8 +17,8 @@ from infer_helpers import make_cohort
 
 from medlsam.config import load_config, write_config_txt
 from medlsam.io import Volume, write_nifti, write_path_list
-from medlsam.medlam import MedLAM, save_medlam
-from medlsam.pipeline_setup import build_localizer, prepare_localizer, supports_loader
+from medlsam.localization.network import MedLAM, save_medlam
+from medlsam.pipeline.setup import build_localizer, prepare_localizer, supports_loader
 
 #: torch seed of the tiny MedLAM: with it both organs of the kit's queries land inside the
 #: image, so the masks written are not empty (determinism tests would be vacuous otherwise).

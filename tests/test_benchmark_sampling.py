@@ -11,8 +11,8 @@ from conftest import make_ct
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from benchmark_sampling import Sampler, medlam_key, sample_medlam  # noqa: E402
 
-from medlsam.localize import Localizer  # noqa: E402
-from medlsam.medlam import MedLAM  # noqa: E402
+from medlsam.localization.localizer import Localizer  # noqa: E402
+from medlsam.localization.network import MedLAM  # noqa: E402
 
 
 def test_sampler_runs_n_calls_and_prices_the_rest():

@@ -1,9 +1,11 @@
-"""Imports only point left along the stages; library code stays free of side effects.
+"""Imports point one way; no import cycle (lazy imports included); library code has no side effects.
 
-Order (a module may import medlsam modules of a lower rank only):
-errors -> volume -> io -> ini -> config -> boxes -> preprocess -> medlam -> localization
--> segmentation -> assembly -> pipeline; evaluation reads files only (errors, io, config,
-boxes, metrics); synth and training sit beside the pipeline; cli sits on top of everything.
+Core modules (``medlsam/*.py``) rank among themselves:
+errors -> volume -> io -> ini -> config -> boxes/png/records -> preprocess/checkpoint/boxplot.
+Above the core, stage packages: localization and segment (beside each other) and evaluation
+(reads files only: never a model, never torch) -> train -> pipeline -> bench -> cli.
+A module may import modules of a lower rank, or of its own package; a package's
+``__init__`` counts as part of the package.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medlsam"
 
-RANKS = {
+#: core modules, by name
+CORE = {
     "errors": 0,
     "volume": 1,
     "io": 2,
@@ -23,40 +26,39 @@ RANKS = {
     "config": 4,
     "boxes": 5,
     "png": 5,
-    "run_files": 5,
+    "records": 5,
     "preprocess": 6,
     "checkpoint": 6,
-    "medlam": 7,
-    "matching": 8,
-    "prototypes": 9,
-    "localize": 10,
-    "fast_sam": 11,
-    "segment": 12,
-    "assemble": 13,
-    "pipeline": 14,
-    "metrics": 6,
-    "box_eval": 7,
-    "eval_case": 8,
-    "eval_report": 8,
-    "boxplot": 8,
-    "evaluate": 9,
-    "synth": 6,
-    "train": 15,
-    "losses": 14,
+    "boxplot": 6,
+}
+
+#: subpackages (every module inside shares the rank)
+PACKAGES = {
+    "synth": 7,
+    "localization": 10,
+    "segment": 10,
+    "evaluation": 10,
+    "train": 12,
+    "pipeline": 15,
+    "bench": 18,
     "cli": 20,
 }
 
-#: modules that must never import torch (names a user types are checked before models load)
-TORCH_FREE = {"errors", "volume", "io", "ini", "config", "boxes", "preprocess", "metrics"}
+RANKS = {**CORE, **PACKAGES}
+
+#: core modules and packages that never import torch (names a user types are checked, and
+#: predictions are scored, without loading a model)
+TORCH_FREE = {"errors", "volume", "io", "ini", "config", "boxes", "preprocess", "evaluation"}
 
 
 def _group(module: str) -> str:
-    """Rank key of a module path like ``medlsam.segment.sam`` or ``medlsam.train_data``."""
+    """The rank key of ``medlsam.segment.sam`` (``segment``) or ``medlsam.config`` (``config``)."""
     parts = module.split(".")
-    name = parts[1] if len(parts) > 1 else parts[0]
-    for key in sorted(RANKS, key=len, reverse=True):
-        if name == key or name.startswith(key + "_"):
-            return key
+    if len(parts) < 2:
+        raise AssertionError(f"{module}: not a medlsam module")
+    name = parts[1]
+    if name in RANKS:
+        return name
     raise AssertionError(f"medlsam.{name} has no rank in tests/test_layering.py: add it")
 
 
@@ -67,37 +69,90 @@ def _modules():
         yield ".".join(parts), path
 
 
+MODULES = dict(_modules())
+
+
 def _imports(path: Path) -> set[str]:
+    """Every module name imported anywhere in the file (top level, in functions, in ``if``)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+            names = {f"{node.module}.{alias.name}" for alias in node.names}
+            found |= names
+            if not names <= MODULES.keys():  # `from pkg import submodule` needs no pkg edge
+                found.add(node.module)
     return found
 
 
-@pytest.mark.parametrize("module,path", list(_modules()), ids=lambda v: str(v))
-def test_imports_point_left(module, path):
+def _medlsam_imports(path: Path) -> set[str]:
+    """The medlsam modules (not names in them) that a file imports."""
+    return {t for t in _imports(path) if t in MODULES and t != "medlsam"}
+
+
+@pytest.mark.parametrize("module,path", list(MODULES.items()), ids=lambda v: str(v))
+def test_imports_point_one_way(module, path):
     if module == "medlsam":
         return
     mine = _group(module)
-    for target in _imports(path):
-        if not target.startswith("medlsam.") or target.count(".") < 1:
-            continue
-        try:
-            theirs = _group(target)
-        except AssertionError:
-            continue  # a name imported from a module, not a module
+    for target in _medlsam_imports(path):
+        theirs = _group(target)
         if theirs == mine:
             continue
-        assert RANKS[theirs] < RANKS[mine], f"{module} imports {target} (rank {RANKS[theirs]})"
+        assert RANKS[theirs] < RANKS[mine], (
+            f"{module} (rank {RANKS[mine]}) imports {target} (rank {RANKS[theirs]})"
+        )
     if mine in TORCH_FREE:
         assert not any(t == "torch" or t.startswith("torch.") for t in _imports(path)), module
 
 
-@pytest.mark.parametrize("module,path", list(_modules()), ids=lambda v: str(v))
+def test_every_subpackage_and_core_module_has_a_rank():
+    for module in MODULES:
+        if module != "medlsam":
+            _group(module)
+
+
+def test_no_import_cycles():
+    """Depth-first search over every medlsam import, lazy (function-level) imports included.
+
+    A package's ``__init__`` importing its own submodules is not a cycle by itself; it becomes
+    one only if such a submodule imports the package back while the ``__init__`` runs, which
+    the edge from the submodule to the package then closes.
+    """
+    graph = {m: sorted(_medlsam_imports(p) - {m}) for m, p in MODULES.items()}
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt) :] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module)
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    """The check above is not vacuous: two modules importing each other lazily are caught."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("def f():\n    from medlsam.b import g\n")
+    b.write_text("from medlsam.a import f\n")
+    monkeypatch.setitem(MODULES, "medlsam.a", a)
+    monkeypatch.setitem(MODULES, "medlsam.b", b)
+    with pytest.raises(AssertionError, match="import cycle"):
+        test_no_import_cycles()
+
+
+@pytest.mark.parametrize("module,path", list(MODULES.items()), ids=lambda v: str(v))
 def test_no_print_or_global_seeding_in_library_code(module, path):
     if module.startswith("medlsam.cli") or path.name == "__main__.py":
         return

@@ -122,8 +122,8 @@ def write_demo_config(
 
 def _body(args: argparse.Namespace) -> int:
     from medlsam.config import load_config
-    from medlsam.evaluate import evaluate
-    from medlsam.pipeline import run
+    from medlsam.evaluation.folder import evaluate
+    from medlsam.pipeline.run import run
     from medlsam.synth import DEFAULT_SHAPE, make_cohort
 
     if args.queries < 1:

@@ -161,9 +161,9 @@ def _labels_from_config(args: argparse.Namespace):
 
 
 def _body(args: argparse.Namespace) -> int:
-    from medlsam import eval_report
-    from medlsam.eval_case import labels_by_case
-    from medlsam.evaluate import evaluate
+    from medlsam.evaluation import report as eval_report
+    from medlsam.evaluation.case import labels_by_case
+    from medlsam.evaluation.folder import evaluate
     from medlsam.io import read_path_list
 
     if args.compare:

@@ -19,7 +19,7 @@ names each failed case and why. A re-run skips cases already finished unless ``-
 ``--shard K/N`` runs every N-th query from the K-th (round robin) and records them in
 ``run.shard-K-of-N.json``; the last shard to finish merges the records into ``run.json``.
 Under ``torchrun`` each rank takes its shard on ``cuda:LOCAL_RANK`` and rank 0 writes the
-merged ``run.json`` (:mod:`medlsam.pipeline_shard`). SIGTERM (a scheduler's time limit) is
+merged ``run.json`` (:mod:`medlsam.pipeline.shard`). SIGTERM (a scheduler's time limit) is
 handled like Ctrl-C. Exit codes (:mod:`medlsam.cli`): 0 all done; 1 some cases failed;
 2 config or command line; 3 input; 4 checkpoint; 5 output; 70 internal error; 130 interrupted.
 """
@@ -37,7 +37,7 @@ from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_mai
 
 def _shard(text: str):
     from medlsam.errors import ConfigError
-    from medlsam.pipeline_shard import parse_shard
+    from medlsam.pipeline.shard import parse_shard
 
     try:
         return parse_shard(text)
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _body(args: argparse.Namespace) -> int:
     from medlsam.config import load_config
-    from medlsam.pipeline_shard import dist_env, run_sharded
+    from medlsam.pipeline.distributed import dist_env, run_sharded
 
     config = load_config(args.config)
     report = run_sharded(

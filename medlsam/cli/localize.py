@@ -10,9 +10,9 @@ the key is set); then writes ``<output>/<case>.boxes.json`` for every query (def
 ``[data] seg_save_path``). Box voxel indices are ``(i, j, k)`` of the query file as nibabel
 reads it, both ends inclusive; ``*_mm`` values are world RAS+ millimetres.
 
-With ``query_label_ls``, the boxes are scored (see :mod:`medlsam.box_eval`): ``iou.txt`` and
-``wd.txt`` in the published text format, plus ``box_metrics.csv`` and ``box_metrics.json``.
-A query that fails is reported and the others go on; the exit code is then 1.
+With ``query_label_ls``, the boxes are scored (see :mod:`~medlsam.evaluation.box_metrics`):
+``iou.txt`` and ``wd.txt`` in the published text format, plus ``box_metrics.csv`` and
+``box_metrics.json``. A query that fails is reported and the others go on; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _body(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from medlsam.box_eval import score_organ, summarize, write_reports
     from medlsam.boxes import boxes_json
     from medlsam.config import check_case_names, load_config
+    from medlsam.evaluation.box_metrics import score_organ, summarize, write_reports
     from medlsam.io import atomic_write_text, read_image, read_label, same_grid
-    from medlsam.pipeline_setup import (
+    from medlsam.pipeline.setup import (
         build_localizer,
         prepare_localizer,
         resolve_device,
@@ -109,7 +109,7 @@ def _body(args: argparse.Namespace) -> int:
     if labels is not None and scores:
         summary = summarize(scores, data.fg_class)
         write_reports(Path(output), scores, summary, dict(data.class_names))
-        from medlsam.box_eval import report_text
+        from medlsam.evaluation.box_metrics import report_text
 
         iou_text, wd_text = report_text(summary, dict(data.class_names))
         print(

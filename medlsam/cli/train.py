@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from medlsam.train import check_device, load_train_config, train
+    from medlsam.train.trainer import check_device, load_train_config, train
 
     config = load_train_config(args.config)
     device = check_device(args.device)

@@ -41,13 +41,12 @@ import torch.nn.functional as F
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
-from medlsam.checkpoint import describe, fit_problems, load_weights
+from medlsam.checkpoint import describe, file_sha256, fit_problems, load_weights
 from medlsam.errors import CheckpointError
-from medlsam.fast_sam import accelerate_image_encoder
 from medlsam.io import Volume
-from medlsam.medlam import file_sha256
 from medlsam.preprocess import SAM_WINDOW, sam_slice, slice_2d, slice_frame
 from medlsam.segment.base import FRAME, SegmenterStats, SliceRequest, SliceResult, nearest_index
+from medlsam.segment.fast import accelerate_image_encoder
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,405 @@
+"""MedLAM localization: support prototypes (method.md 3) and query boxes (method.md 4).
+
+:class:`Localizer` is built from a MedLAM model (passed in, on the device the caller chose):
+
+* :meth:`Localizer.fit` computes per-organ :class:`~.prototypes.Prototypes` from support
+  images and labels; :meth:`Localizer.save_prototypes` / :meth:`Localizer.load_prototypes`
+  store and reuse them.
+* :meth:`Localizer.predict` returns, per organ, :class:`~medlsam.boxes.OrganBoxes` in voxel
+  indices ``(i, j, k)`` of the ORIGINAL query file (inclusive), for every axis orientation.
+
+The published procedure and constants are kept: 10 initial patches drawn in the central
+``[s//2 - 10, s//2 + 10)`` of the padded query and re-drawn on air, their position codes
+averaged, relative displacement ``[1500, 600, 600] mm * tanh(support - query)`` from the mean
+patch centre, then one MSS refinement within a 64^3 window (coordinates clamped to
+``[32, s - 33]`` first). Deliberate differences, each named:
+
+* ``rdr_steps`` (default 1, as published) repeats the relative-distance step from step 2 on
+  from each point's own patch (centred on its last estimate, clamped to ``[32, s - 33]``):
+  short steps, where the network is most accurate; one fc-only pass per distinct point and
+  step, stopping once no point moves;
+* ``mss_share_mm`` (default 0, as published) is an explicit fast mode that changes results:
+  the points of one cell of a grid of that pitch share one MSS search patch
+  (:func:`~medlsam.localization.matching.search_centres`), off-centre by up to half the pitch;
+* each query gets its own random generator seeded with ``seed`` (the published code seeds once,
+  so a query's boxes depended on the queries before it);
+* the initial draws always terminate: after 100 air draws for one patch (or at once when the
+  whole start window is air) the non-air voxel nearest the volume centre is used, or the
+  centre itself for an all-air volume;
+* an organ whose relative-distance box lies wholly outside the query's field of view is
+  reported as outside (``inside=False``, no boxes) instead of being clamped to the border and
+  refined there; boxes are clipped to the image;
+* points go back to the file's voxels with the exact index map (the published back-mapping is
+  wrong for permuted axes), and each box is sorted per axis after the mapping;
+* an organ absent from some support scans takes its prototype from the others (warning);
+* the network runs in fp32 on the CPU (autocast fp16 on CUDA), template matching by FFT.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medlsam.boxes import Box3D, OrganBoxes, box_overlaps, group_box
+from medlsam.config import BoxMode
+from medlsam.errors import InputError
+from medlsam.io import Volume, same_grid
+from medlsam.localization.matching import (
+    crop_patches,
+    initial_centres,
+    mss_offsets,
+    search_centres,
+    similarity_map,
+)
+from medlsam.localization.network import FEATURE_NAMES, MedLAM, weights_fingerprint
+from medlsam.localization.prototypes import (
+    ClassPrototype,
+    Prototypes,
+    bounding_box,
+    split_count,
+    support_points,
+    template_slice,
+)
+from medlsam.preprocess import MEDLAM_SPACING, PAD, MedlamInput, medlam_image, medlam_label, pad
+
+logger = logging.getLogger(__name__)
+
+#: Scale of the relative displacement, mm along (z, y, x) (published ``dis_ratio``).
+DIS_RATIO = np.array([1500.0, 600.0, 600.0])
+
+
+class Localizer:
+    """MedLAM localization with a model passed in.
+
+    Args:
+        model: a :class:`~medlsam.localization.network.MedLAM` in eval mode, already on ``device``.
+        device: where the model runs (fp32 on CPU, autocast fp16 on CUDA).
+        mode: WPL (one box per organ) or SPL (sub-boxes along z).
+        slice_interval: SPL split interval in 3 mm voxels (None for WPL).
+        feature_scales: MSS scales (empty: no refinement, as published).
+        seed: seed of each query's own random generator.
+        batch_size: patches per forward pass (default 4 on CPU, 16 on CUDA).
+        interpolation: image resampling to 3 mm, ``"spline"`` (published) or ``"linear"``.
+        rdr_steps: relative-distance steps per query (1 = published; see the module docstring).
+        mss_share_mm: grid pitch of shared MSS patches (0 = published; module docstring).
+    """
+
+    def __init__(
+        self,
+        model: MedLAM,
+        device: torch.device | str = "cpu",
+        mode: BoxMode | str = BoxMode.WPL,
+        slice_interval: int | None = None,
+        feature_scales: Sequence[str] = FEATURE_NAMES,
+        seed: int = 2023,
+        batch_size: int | None = None,
+        interpolation: str = "spline",
+        rdr_steps: int = 1,
+        mss_share_mm: float = 0.0,
+    ) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.mode = BoxMode(mode)
+        self.slice_interval = slice_interval
+        bad = [s for s in feature_scales if s not in FEATURE_NAMES]
+        if bad:
+            raise ValueError(f"unknown feature scales {bad}; expected some of {FEATURE_NAMES}")
+        self.feature_scales = tuple(feature_scales)
+        self.seed = int(seed)
+        default = 16 if self.device.type == "cuda" else 4
+        self.batch_size = max(1, int(batch_size or default))
+        self.interpolation = interpolation
+        if int(rdr_steps) < 1:
+            raise ValueError(f"rdr_steps must be at least 1, got {rdr_steps}")
+        self.rdr_steps = int(rdr_steps)
+        if not mss_share_mm >= 0:
+            raise ValueError(f"mss_share_mm must be >= 0, got {mss_share_mm}")
+        self.mss_share_mm = float(mss_share_mm)
+        self.prototypes: Prototypes | None = None
+        self.stats: dict[str, float] = {"forward_passes": 0, "patches": 0, "forward_seconds": 0.0}
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The model's checkpoint sha256 (or weights digest), recorded in prototypes."""
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
+
+    # ----------------------------------------------------------------------------------------
+    # forward passes
+
+    def _forward(
+        self, array: np.ndarray, centres: np.ndarray, fc: bool, features: Sequence[str]
+    ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+        """Crop and run patches around ``centres`` in batches; yields (rows, outputs on device)."""
+        cuda = self.device.type == "cuda"
+        for start in range(0, len(centres), self.batch_size):
+            rows = slice(start, min(start + self.batch_size, len(centres)))
+            batch = torch.from_numpy(crop_patches(array, centres[rows])).to(self.device)
+            began = time.perf_counter()
+            with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=cuda):
+                out = self.model(batch, fc=fc, features=features)
+                out = {k: v.float() for k, v in out.items()}
+            self.stats["forward_passes"] += 1
+            self.stats["patches"] += rows.stop - rows.start
+            self.stats["forward_seconds"] += time.perf_counter() - began
+            yield rows, out
+
+    def _forward_unique(
+        self, array: np.ndarray, centres: np.ndarray, fc: bool, features: Sequence[str]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]]:
+        """Run each distinct patch centre once (SPL parts share boundary points, clamped points
+        coincide). Yields ``(members, local, outputs)``: the indices of ``centres`` served by
+        this batch and, for each, its row in ``outputs``."""
+        unique, inverse = np.unique(np.asarray(centres), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        for rows, out in self._forward(array, unique, fc, features):
+            members = np.nonzero((inverse >= rows.start) & (inverse < rows.stop))[0]
+            yield members, inverse[members] - rows.start, out
+
+    # ----------------------------------------------------------------------------------------
+    # prototypes
+
+    def fit(self, supports: Iterable[tuple[Volume, Volume]], classes: Sequence[int]) -> Prototypes:
+        """Compute prototypes from support ``(image, label)`` pairs (method.md 3).
+
+        ``supports`` may be a generator: each pair is resampled to the 3 mm grid as it comes and
+        only that copy is kept, so full-resolution scans need not all be in memory at once.
+
+        Raises:
+            InputError: a label not on its image's grid, or an organ absent from every support.
+        """
+        classes = [int(c) for c in classes]
+        prepared = []
+        for image, label in supports:
+            if not same_grid(image, label):
+                raise InputError(
+                    f"{label.path or label.name}: label grid {label.shape} does not match its "
+                    f"image {image.path or image.name} {image.shape} "
+                    "(same shape and affine expected)"
+                )
+            grid = medlam_image(image, self.interpolation)
+            prepared.append((image.name, pad(grid.array), pad(medlam_label(label, classes, grid))))
+            del image, label, grid
+        if not prepared:
+            raise InputError("no support scans given (need support images and labels)")
+        present: dict[int, list[int]] = {c: [] for c in classes}
+        extents: dict[int, list[int]] = {c: [] for c in classes}
+        for s, (_, _, lab) in enumerate(prepared):
+            for c in classes:
+                box = bounding_box(lab == c)
+                if box is not None:
+                    present[c].append(s)
+                    extents[c].append(int(box[1][0] - box[0][0]))
+        for c in classes:
+            if not present[c]:
+                names = ", ".join(p[0] for p in prepared)
+                raise InputError(
+                    f"organ {c} is absent from every support label map ({names}); "
+                    "remove it from fg_class or add a support scan that contains it"
+                )
+        for c in classes:
+            for s in sorted(set(range(len(prepared))) - set(present[c])):
+                logger.warning(
+                    "%s: organ %d is absent from this support scan; its prototype comes "
+                    "from the other support scans",
+                    prepared[s][0],
+                    c,
+                )
+        splits = {c: split_count(min(extents[c]), self.slice_interval, self.mode) for c in classes}
+        fc_sum: dict[int, torch.Tensor] = {}
+        cubes: dict[int, dict[str, torch.Tensor]] = {c: {} for c in classes}
+        for s, (_, img, lab) in enumerate(prepared):
+            owners = [c for c in classes if s in present[c]]
+            points = [support_points(lab == c, splits[c]) for c in owners]
+            counts = [len(p) for p in points]
+            fcs, feats = self._support_features(img, np.concatenate(points))
+            split_feats = {scale: f.split(counts) for scale, f in feats.items()}
+            for n, (c, part_fc) in enumerate(zip(owners, fcs.split(counts), strict=True)):
+                fc_sum[c] = part_fc if c not in fc_sum else fc_sum[c] + part_fc
+                for scale, parts in split_feats.items():
+                    cube = parts[n]
+                    cubes[c][scale] = cube if scale not in cubes[c] else cubes[c][scale] + cube
+        protos = {
+            c: ClassPrototype(
+                fc=fc_sum[c] / len(present[c]),
+                templates=cubes[c],
+                groups=max(splits[c], 1),
+                supports=tuple(prepared[s][0] for s in present[c]),
+            )
+            for c in classes
+        }
+        self.prototypes = Prototypes(
+            classes=protos,
+            mode=self.mode,
+            slice_interval=self.slice_interval,
+            feature_scales=self.feature_scales,
+            checkpoint_sha256=self.fingerprint,
+            base_chns=int(getattr(self.model, "base_chns", 0)),
+        )
+        return self.prototypes
+
+    def _support_features(
+        self, padded: np.ndarray, points: np.ndarray
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Position codes ``(N, 3)`` and per-scale normalised template cubes ``(N, C, k, k, k)``."""
+        n = len(points)
+        fcs = torch.zeros(n, 3)
+        feats: dict[str, torch.Tensor] = {}
+        for members, local, out in self._forward_unique(padded, points, True, self.feature_scales):
+            fcs[members] = out["fc_position"][local].cpu()
+            for scale in self.feature_scales:
+                fmap = out[scale][local]
+                cut = template_slice(fmap.shape[-1])
+                cube = F.normalize(fmap[:, :, cut, cut, cut], dim=1).cpu()
+                if scale not in feats:
+                    feats[scale] = torch.zeros((n, *cube.shape[1:]))
+                feats[scale][members] = cube
+        return fcs, feats
+
+    def save_prototypes(self, path: str | Path) -> Path:
+        return self._require_prototypes().save(path)
+
+    def load_prototypes(self, path: str | Path, classes: Sequence[int] | None = None) -> Prototypes:
+        """Load prototypes made with this model's checkpoint and settings (else InputError)."""
+        protos = Prototypes.load(path)
+        protos.check_compatible(
+            path,
+            self.fingerprint,
+            list(classes) if classes is not None else list(protos.classes),
+            self.mode,
+            self.slice_interval,
+            self.feature_scales,
+        )
+        if classes is not None:
+            protos.classes = {int(c): protos.classes[int(c)] for c in classes}
+        self.prototypes = protos
+        return protos
+
+    def _require_prototypes(self) -> Prototypes:
+        if self.prototypes is None:
+            raise RuntimeError("Localizer has no prototypes: call fit() or load_prototypes()")
+        return self.prototypes
+
+    # ----------------------------------------------------------------------------------------
+    # query
+
+    def predict(self, volume: Volume) -> dict[int, OrganBoxes]:
+        """Boxes of every prototype organ in ``volume`` (a CT in HU, any orientation).
+
+        Returns:
+            class id -> :class:`OrganBoxes`: boxes in the file's ``(i, j, k)`` voxel indices,
+            inclusive, clipped to the image, SPL sub-boxes ordered along the slice axis;
+            ``extreme_points`` ``(groups, 6, 3)`` in the same frame (unclipped).
+        """
+        grid = medlam_image(volume, self.interpolation)
+        located = self.locate(grid)
+        slice_axis = volume.slice_axis()
+        result = {}
+        for c, (points, inside) in located.items():
+            groups = []
+            for group in points:
+                lo, hi = group_box(group)
+                corners = grid.to_file_index(np.stack([lo, hi]))
+                box = Box3D(
+                    tuple(np.rint(corners.min(axis=0)).astype(int).tolist()),  # type: ignore[arg-type]
+                    tuple(np.rint(corners.max(axis=0)).astype(int).tolist()),  # type: ignore[arg-type]
+                )
+                groups.append((box, grid.to_file_index(group)))
+            groups.sort(key=lambda g: g[0].lo[slice_axis])
+            clipped = [g[0].clip(volume.shape) for g in groups] if inside else []
+            boxes = tuple(b for b in clipped if b is not None)
+            result[c] = OrganBoxes(
+                class_id=c,
+                boxes=boxes,
+                extreme_points=np.stack([g[1] for g in groups]),
+                inside=bool(boxes),
+            )
+            if not boxes:
+                logger.info("%s: organ %d is predicted outside the image", volume.name, c)
+        return result
+
+    def locate(self, grid: MedlamInput) -> dict[int, tuple[np.ndarray, bool]]:
+        """Points on the UNPADDED 3 mm LAS grid, per organ ``(groups, 6, 3)`` float64 ``(z, y, x)``,
+        and whether the organ's relative-distance box overlaps the field of view."""
+        protos = self._require_prototypes()
+        rng = np.random.default_rng(self.seed)
+        padded = pad(grid.array)
+        shape = np.array(padded.shape)
+        centres = initial_centres(padded, rng)
+        codes = torch.zeros(len(centres), 3)
+        for members, local, out in self._forward_unique(padded, centres, True, ()):
+            codes[members] = out["fc_position"][local].cpu()
+        query_code = codes.double().mean(dim=0).numpy()
+        origin_mm = centres.mean(axis=0) * MEDLAM_SPACING
+        support = np.concatenate([proto.fc.double().numpy() for proto in protos.classes.values()])
+        points = np.rint((DIS_RATIO * np.tanh(support - query_code) + origin_mm) / MEDLAM_SPACING)
+        points = self._iterate_rdr(padded, points.astype(np.int64), support)
+        counts = [len(proto.fc) for proto in protos.classes.values()]
+        coarse: dict[int, np.ndarray] = {}
+        inside: dict[int, bool] = {}
+        for c, pts in zip(protos.classes, np.split(points, np.cumsum(counts)[:-1]), strict=True):
+            coarse[c] = pts
+            inside[c] = any(
+                box_overlaps(group_box(g), grid.array.shape) for g in (pts - PAD).reshape(-1, 6, 3)
+            )
+        refine = [c for c in protos.classes if inside[c]] if self.feature_scales else []
+        if refine:
+            start = np.concatenate([np.clip(coarse[c], PAD, shape - PAD - 1) for c in refine])
+            templates = {
+                s: torch.cat([protos.classes[c].templates[s] for c in refine])
+                for s in self.feature_scales
+            }
+            refined = self._refine(padded, start, templates)
+            counts = [len(coarse[c]) for c in refine]
+            for c, pts in zip(refine, np.split(refined, np.cumsum(counts)[:-1]), strict=True):
+                coarse[c] = pts
+        return {
+            c: ((pts - PAD).reshape(-1, 6, 3).astype(np.float64), inside[c])
+            for c, pts in coarse.items()
+        }
+
+    def _iterate_rdr(
+        self, padded: np.ndarray, points: np.ndarray, support: np.ndarray
+    ) -> np.ndarray:
+        """Steps 2..``rdr_steps`` of the relative-distance search for points ``(N, 3)`` on the
+        padded grid, each from its own patch; support codes ``(N, 3)``."""
+        top = np.array(padded.shape) - PAD - 1
+        for _ in range(self.rdr_steps - 1):
+            centres = np.clip(points, PAD, top)
+            codes = np.zeros((len(points), 3))
+            for members, local, out in self._forward_unique(padded, centres, True, ()):
+                codes[members] = out["fc_position"][local].double().cpu().numpy()
+            shift_mm = DIS_RATIO * np.tanh(support - codes)
+            moved = np.rint(centres + shift_mm / MEDLAM_SPACING).astype(np.int64)
+            if np.array_equal(moved, points):
+                break
+            points = moved
+        return points
+
+    def _refine(
+        self, padded: np.ndarray, points: np.ndarray, templates: dict[str, torch.Tensor]
+    ) -> np.ndarray:
+        """MSS-refined points ``(N, 3)`` int64 for points ``(N, 3)`` on the padded grid: each
+        distinct search patch runs once, in batches."""
+        centres = search_centres(points, self.mss_share_mm, padded.shape)
+        offsets = np.zeros_like(points)
+        for members, local, out in self._forward_unique(
+            padded, centres, False, self.feature_scales
+        ):
+            # points sharing a patch share its feature maps: match at most batch_size at a time
+            for start in range(0, len(members), self.batch_size):
+                chunk = slice(start, start + self.batch_size)
+                rows, picks = members[chunk], local[chunk]
+                feats = {s: out[s][picks] for s in self.feature_scales}
+                batch = {s: t[rows] for s, t in templates.items()}
+                score = similarity_map(feats, batch, self.feature_scales)
+                offsets[rows] = mss_offsets(score)
+        return centres + offsets

@@ -1,0 +1,126 @@
+"""Setting up a run: devices, output folders, support scans and the localizer.
+
+Used by :func:`medlsam.pipeline.run.run`; each function is small and replaceable in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medlsam.config import Config
+from medlsam.errors import ConfigError, InputError, OutputError
+from medlsam.io import Volume, read_image, read_label, same_grid
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without CUDA is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {name!r}: CUDA is not available on this machine (use cpu or auto)"
+        )
+    return name
+
+
+def output_folders(cfg: Config, output: Path | None, boxes_from_labels: bool) -> tuple[Path, Path]:
+    """``(segmentation folder, PNG folder)`` for a run (see the CLI's help)."""
+    if output is not None:
+        return Path(output), Path(output) / "png"
+    seg = cfg.data.seg_save_path
+    png = cfg.data.seg_png_save_path or seg / "png"
+    if boxes_from_labels:
+        seg = seg.with_name(seg.name + "_manual_boxes")
+        png = (
+            png.with_name(png.name + "_manual_boxes") if cfg.data.seg_png_save_path else seg / "png"
+        )
+    return seg, png
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and check a file can be written there (else :class:`OutputError`)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # a unique name: shards starting together in one folder must not race on the probe
+        fd, probe = tempfile.mkstemp(prefix=".medlsam_write_test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(
+            f"{folder}: output folder is not writable ({err.strerror or err})"
+        ) from err
+
+
+def read_supports(cfg: Config) -> Iterator[tuple[Volume, Volume]]:
+    """The support image/label pairs, read one pair at a time (checked to share a grid)."""
+    data = cfg.data
+    if not data.support_images:
+        raise ConfigError(f"{cfg.path}: [data] support_image_ls is needed for this run")
+    for image_path, label_path in zip(data.support_images, data.support_labels, strict=True):
+        image, label = read_image(image_path), read_label(label_path)
+        if not same_grid(image, label):
+            raise InputError(
+                f"{label_path}: label grid {label.shape} does not match its image "
+                f"{image_path} {image.shape}"
+            )
+        yield image, label
+
+
+def supports_loader(
+    cfg: Config, keep: bool = True
+) -> Callable[[], Iterable[tuple[Volume, Volume]]]:
+    """A function giving the support pairs: read once and kept for reuse (``keep``), or read
+    afresh, one pair at a time, on every call (the localizer alone needs them once, and then
+    never holds more than one full-resolution support scan)."""
+    cache: list[tuple[Volume, Volume]] = []
+
+    def load() -> Iterable[tuple[Volume, Volume]]:
+        if not keep:
+            return read_supports(cfg)
+        if not cache:
+            cache.extend(read_supports(cfg))
+        return cache
+
+    return load
+
+
+def build_localizer(cfg: Config, device: str) -> Any:
+    """MedLAM from ``[weight] medlam_load_path`` wrapped in a :class:`Localizer` (no prototypes)."""
+    from medlsam.localization.localizer import Localizer
+    from medlsam.localization.network import build_medlam
+
+    if cfg.weight.medlam_load_path is None:
+        raise ConfigError(f"{cfg.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
+    model = build_medlam(cfg.weight.medlam_load_path, device)
+    return Localizer(
+        model,
+        device,
+        mode=cfg.data.bbox_mode,
+        slice_interval=cfg.data.slice_interval,
+        feature_scales=cfg.data.feature_scale_ls,
+        seed=cfg.run.seed,
+        rdr_steps=cfg.data.rdr_steps,
+        mss_share_mm=cfg.data.mss_share_mm,
+    )
+
+
+def prepare_localizer(localizer: Any, cfg: Config, supports: Callable[[], Iterable]) -> None:
+    """Load ``[data] prototypes`` when the file exists, else fit (and save there when named)."""
+    path = cfg.data.prototypes
+    if path is not None and Path(path).is_file():
+        localizer.load_prototypes(path, cfg.data.fg_class)
+        logger.info("prototypes read from %s", path)
+        return
+    localizer.fit(supports(), cfg.data.fg_class)
+    if path is not None:
+        localizer.save_prototypes(path)
+        logger.info("prototypes saved to %s", path)
