@@ -75,9 +75,7 @@ class ExportCache:
             return None
         return folder
 
-    def get(
-        self, name: str, fields: Mapping[str, Any], build: Callable[[Path], None]
-    ) -> Path:
+    def get(self, name: str, fields: Mapping[str, Any], build: Callable[[Path], None]) -> Path:
         """The folder of the entry for ``fields``, built first with ``build(tmp_folder)`` if it
         is absent, incomplete or stale.
 

@@ -71,7 +71,7 @@ def build_models(names: list[str], width: int) -> dict[str, tuple[nn.Module, tor
     if any(n.startswith("sam") for n in names):
         from segment_anything import sam_model_registry
 
-        from medlsam.fast_sam import accelerate_image_encoder
+        from medlsam.segment.fast import accelerate_image_encoder
 
         torch.manual_seed(0)
         stock = sam_model_registry["vit_b"]().image_encoder.eval()
@@ -82,7 +82,7 @@ def build_models(names: list[str], width: int) -> dict[str, tuple[nn.Module, tor
             fast = accelerate_image_encoder(copy.deepcopy(stock) if "sam-stock" in names else stock)
             built["sam-fast"] = (fast.eval(), image)
     if any(n.startswith("medlam") for n in names):
-        from medlsam.medlam import MedLAM
+        from medlsam.localization.network import MedLAM
 
         torch.manual_seed(0)
         net = MedLAM(width).eval()
@@ -126,8 +126,14 @@ def make_runner(engine: str, name: str, module: nn.Module, x: torch.Tensor, cach
     sha = engines.state_sha256(module)
     kind = "ort" if engine == "ort-int8" else engine
     graph = engines.compiled_graph(
-        "onnxruntime" if kind == "ort" else kind, module, x, f"bench-{name}", outputs, sha,
-        cache=cache, extra={"module": type(module).__name__},
+        "onnxruntime" if kind == "ort" else kind,
+        module,
+        x,
+        f"bench-{name}",
+        outputs,
+        sha,
+        cache=cache,
+        extra={"module": type(module).__name__},
     )
     if engine == "ort-int8":
         qpath = graph.path.with_name("model.int8.onnx")
@@ -189,7 +195,7 @@ def bench(models, engine_names, rounds, cache) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"| model | engine | median s/call | speed vs eager | max rel. error | setup s |"
+    head = "| model | engine | median s/call | speed vs eager | max rel. error | setup s |"
     lines = [head, "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ratio = f"{r['vs_eager']:.2f}x" if r["vs_eager"] else "-"

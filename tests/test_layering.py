@@ -1,7 +1,8 @@
 """Imports point one way; no import cycle (lazy imports included); library code has no side effects.
 
 Core modules (``medlsam/*.py``) rank among themselves:
-errors -> volume -> io -> ini -> config -> boxes/png/records -> preprocess/checkpoint/boxplot.
+errors -> volume -> io -> ini -> config -> boxes/png/records -> preprocess/checkpoint/boxplot/
+export_cache -> engine.
 Above the core, stage packages: localization and segment (beside each other) and evaluation
 (reads files only: never a model, never torch) -> train -> pipeline -> bench -> cli.
 A module may import modules of a lower rank, or of its own package; a package's
@@ -30,6 +31,8 @@ CORE = {
     "preprocess": 6,
     "checkpoint": 6,
     "boxplot": 6,
+    "export_cache": 6,
+    "engine": 7,
 }
 
 #: subpackages (every module inside shares the rank)

@@ -309,7 +309,9 @@ def run(
     check_writable(seg_dir)
 
     if segmenter is None:  # checkpoint errors surface here, before any case
-        segmenter = build_segmenter(cfg.vit, cfg.weight.vit_load_path, device)
+        segmenter = build_segmenter(
+            cfg.vit, cfg.weight.vit_load_path, device, engine=cfg.run.engine
+        )
     if localizer is None and not boxes_from_labels:
         localizer = build_localizer(cfg, device)
     header = run_header(cfg, device, segmenter, localizer, boxes_from_labels)

@@ -95,6 +95,7 @@ def supports_loader(
 
 def build_localizer(cfg: Config, device: str) -> Any:
     """MedLAM from ``[weight] medlam_load_path`` wrapped in a :class:`Localizer` (no prototypes)."""
+    from medlsam.localization.engine import with_engine
     from medlsam.localization.localizer import Localizer
     from medlsam.localization.network import build_medlam
 
@@ -102,7 +103,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
         raise ConfigError(f"{cfg.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
     model = build_medlam(cfg.weight.medlam_load_path, device)
     return Localizer(
-        model,
+        with_engine(model, cfg.run.engine, device),
         device,
         mode=cfg.data.bbox_mode,
         slice_interval=cfg.data.slice_interval,

@@ -61,6 +61,7 @@ def build_segmenter(
     device: torch.device | str = "cpu",
     supports: Sequence[tuple[Volume, Volume]] | None = None,
     classes: Sequence[int] | None = None,
+    engine: str = "torch",
     **options: object,
 ) -> BoxSegmenter:
     """Build the backend named by ``vit.backend`` (and fit it when supports are given).
@@ -71,6 +72,8 @@ def build_segmenter(
         device: where a network runs.
         supports, classes: support ``(image, label)`` pairs and organ ids; when given,
             :meth:`BoxSegmenter.fit` is called (the ``classic`` backend needs it).
+        engine: ``[run] engine``, how a SAM-family encoder runs on the CPU (``classic`` has
+            no network and ignores it).
         options: passed to the builder (for SAM: ``batch_size``, ``autocast_dtype``,
             ``workers``).
 
@@ -85,6 +88,8 @@ def build_segmenter(
         )
     if vit.backend.startswith("medsam"):
         options = {"normalization": vit.medsam_normalization, **options}
+    if vit.backend != "classic":
+        options = {"engine": engine, **options}
     segmenter = builder(Path(checkpoint) if checkpoint is not None else None, device, **options)
     if supports is not None:
         segmenter.fit(supports, list(classes or ()))

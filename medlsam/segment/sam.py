@@ -42,10 +42,13 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
 from medlsam.checkpoint import describe, file_sha256, fit_problems, load_weights
+from medlsam.engine import resolve_engine
 from medlsam.errors import CheckpointError
+from medlsam.export_cache import ExportCache
 from medlsam.io import Volume
 from medlsam.preprocess import SAM_WINDOW, sam_slice, slice_2d, slice_frame
 from medlsam.segment.base import FRAME, SegmenterStats, SliceRequest, SliceResult, nearest_index
+from medlsam.segment.engine import EngineEncoder
 from medlsam.segment.fast import accelerate_image_encoder
 
 logger = logging.getLogger(__name__)
@@ -153,6 +156,9 @@ class SamSegmenter:
         workers: threads preparing slice images ahead of the encoder (default 4 on CUDA, 1).
         checkpoint_sha256: recorded in ``run.json``.
         zero_raw_zero: force voxels of exactly 0 HU to black, as the published code does.
+        engine: how the image encoder runs on the CPU (``[run] engine``: ``auto``, ``torch``,
+            ``onnxruntime``, ``openvino``; see :mod:`medlsam.engine`); CUDA always runs PyTorch.
+        export_cache: where exported encoders are kept (default: the user cache folder).
     """
 
     def __init__(
@@ -167,6 +173,8 @@ class SamSegmenter:
         checkpoint_sha256: str | None = None,
         zero_raw_zero: bool = False,
         fast_encoder: bool = True,
+        engine: str = "torch",
+        export_cache: ExportCache | None = None,
     ) -> None:
         if model.image_encoder.img_size != FRAME:
             raise ValueError(f"SAM input size must be {FRAME}, not {model.image_encoder.img_size}")
@@ -195,6 +203,12 @@ class SamSegmenter:
         self.zero_raw_zero = zero_raw_zero
         self.stats = SegmenterStats()
         self._lock = threading.Lock()
+        self.engine = resolve_engine(engine, self.device)
+        self.encoder = (
+            self.model.image_encoder
+            if self.engine == "torch"
+            else EngineEncoder(self.model.image_encoder, self.engine, export_cache)
+        )
 
     def fit(self, supports: Sequence[tuple[Volume, Volume]], classes: Sequence[int]) -> None:
         """Nothing to learn: SAM is prompted by boxes only."""
@@ -223,7 +237,7 @@ class SamSegmenter:
             with torch.autocast("cuda", dtype=self.autocast_dtype):
                 emb = self.model.image_encoder(x)
         else:
-            emb = self.model.image_encoder(x)
+            emb = self.encoder(x)
         emb = emb.float()
         self._sync()
         self.stats.encoder_calls += int(x.shape[0])
