@@ -154,3 +154,23 @@ def test_cache_keeps_entries_of_other_names(tmp_path):
     b = cache.get("net-openvino", {"k": 1}, _counting_build(calls))
     c = cache.get("net", {"k": 1}, _counting_build(calls))
     assert a.exists() and b.exists() and c.exists() and len(calls) == 3
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_new_weights_rebuild_the_export(tmp_path, engine, one_thread):
+    pytest.importorskip(engine)
+    model, x = _tiny(), torch.randn(1, 1, 8, 8, 8)
+    cache = ExportCache(tmp_path)
+
+    def graph():
+        sha = engines.state_sha256(model)
+        return engines.compiled_graph(engine, model, x, "tiny", ["fc", "y"], sha, cache=cache)
+
+    old = graph()
+    with torch.no_grad():
+        model.fc.bias += 1.0
+    new = graph()
+    assert new.path != old.path and not old.path.exists()
+    with torch.no_grad():
+        want = model(x)[0].numpy()
+    np.testing.assert_allclose(new(x.numpy())[0], want, rtol=1e-4, atol=1e-5)

@@ -2,7 +2,10 @@
 
 :class:`EngineEncoder` is called like the encoder: ``(B, 3, 1024, 1024)`` float32 in,
 ``(B, C, 64, 64)`` out. The encoder is exported once (batch 1, looped over the batch: the CPU
-encodes one slice at a time) and cached on disk by its weights' sha256.
+encodes one slice at a time) and cached on disk by its weights' sha256. The export always
+traces the stock ``segment_anything`` forward (the fused-attention forward of
+:mod:`medlsam.segment.fast` writes into preallocated tensors, which ONNX cannot express; the
+engines fuse attention themselves).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from torch import nn
 
 from medlsam.engine import Graph, compiled_graph, state_sha256
 from medlsam.export_cache import ExportCache
+from medlsam.segment.fast import accelerate_image_encoder, is_accelerated, restore_image_encoder
 
 
 class EngineEncoder:
@@ -31,17 +35,23 @@ class EngineEncoder:
         """The exported encoder (exported on first use, then read from the cache)."""
         if self._graph is None:
             example = torch.zeros(1, 3, self.size, self.size)
-            self._graph = compiled_graph(
-                self.engine,
-                self.encoder,
-                example,
-                f"sam-encoder-{self.size}",
-                ["embedding"],
-                state_sha256(self.encoder),
-                cache=self.cache,
-                extra={"module": type(self.encoder).__name__},
-                dynamic_batch=False,
-            )
+            fast = is_accelerated(self.encoder)
+            restore_image_encoder(self.encoder)  # in place, for the export only
+            try:
+                self._graph = compiled_graph(
+                    self.engine,
+                    self.encoder,
+                    example,
+                    f"sam-encoder-{self.size}",
+                    ["embedding"],
+                    state_sha256(self.encoder),
+                    cache=self.cache,
+                    extra={"module": type(self.encoder).__name__},
+                    dynamic_batch=False,
+                )
+            finally:
+                if fast:
+                    accelerate_image_encoder(self.encoder)
         return self._graph
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
