@@ -21,6 +21,7 @@ they are checked before any model loads.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from typing import Any
 
 from medlsam.errors import ConfigError
 from medlsam.ini import SectionReader, parse_value, read_raw, suggest, write_config_txt
-from medlsam.io import case_name, read_path_list
+from medlsam.io import case_names, read_path_list
+from medlsam.weights import demo_checkpoint, demo_settings, is_demo
 
 __all__ = [
     "BoxMode",
@@ -95,6 +97,11 @@ class DataConfig:
     seg_png_save_path: Path | None
     prototypes: Path | None
 
+    @functools.cached_property
+    def query_cases(self) -> list[str]:
+        """The query case names, in list order (:func:`medlsam.io.case_names`)."""
+        return case_names(self.query_images)
+
 
 @dataclass(frozen=True)
 class VitConfig:
@@ -121,6 +128,8 @@ class RunConfig:
     seed: int = 2023
     device: str = "auto"
     use_gt_slice_threshold: bool = False
+    dicom_seg: bool = False  # also write <case>.seg.dcm for queries read from DICOM
+    organ_masks: bool = False  # also write <case>/<organ>.nii.gz, one binary map per organ
     engine: str = "auto"
 
 
@@ -165,7 +174,14 @@ _KNOWN: dict[str, dict[str, bool]] = {
     },
     "vit": {"net_type": False, "backend": False, "medsam_normalization": False, "overlap": False},
     "weight": {"medlam_load_path": False, "vit_load_path": False},
-    "run": {"seed": False, "device": False, "use_gt_slice_threshold": False, "engine": False},
+    "run": {
+        "seed": False,
+        "device": False,
+        "use_gt_slice_threshold": False,
+        "dicom_seg": False,
+        "organ_masks": False,
+        "engine": False,
+    },
 }
 
 
@@ -227,6 +243,12 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
     """
     path = Path(path)
     reader = SectionReader(path, read_raw(path), _KNOWN)
+    demo = is_demo(reader.get("weight", "medlam_load_path"))
+    if demo:  # the shipped checkpoint's own settings are the defaults; the config overrides
+        for section, values in demo_settings().items():
+            for key, value in values.items():
+                if reader.get(section, key) is None:
+                    reader.raw.setdefault(section, {})[key] = value
 
     fg = reader.get("data", "fg_class")
     if isinstance(fg, int) and not isinstance(fg, bool):
@@ -284,7 +306,7 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
 
     seg_save = reader.path_value("data", "seg_save_path") or path.parent / "result" / path.stem
     net_type = reader.choice("vit", "net_type", "vit_b", NET_TYPES)
-    medlam_path = reader.path_value("weight", "medlam_load_path")
+    medlam_path = demo_checkpoint() if demo else reader.path_value("weight", "medlam_load_path")
     vit_path = reader.path_value("weight", "vit_load_path")
     prototypes = reader.path_value("data", "prototypes")
     if lists["support_image_ls"] is None and prototypes is None:
@@ -328,6 +350,8 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
             seed=reader.int_value("run", "seed", 2023) or 0,
             device=reader.choice("run", "device", "auto", DEVICES),
             use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", False),
+            dicom_seg=reader.bool_value("run", "dicom_seg", False),
+            organ_masks=reader.bool_value("run", "organ_masks", False),
             engine=reader.choice("run", "engine", "auto", ENGINES),
         ),
     )
@@ -359,17 +383,20 @@ def check_config_files(config: Config) -> None:
 
 
 def check_case_names(config: Config) -> list[str]:
-    """The query case names (file names without extension), refusing names used twice.
+    """The query case names (:func:`medlsam.io.case_names`), refusing names used twice.
 
-    Outputs are named after the case, so two queries with one name would overwrite each other.
+    A case is named after its file (a DICOM folder: after the folder); files that share a
+    name (``subject/ct.nii.gz`` layouts) take their parent folder's name. Outputs are named
+    after the case, so two queries with one name would overwrite each other.
     """
-    cases = [case_name(p) for p in config.data.query_images]
-    seen: set[str] = set()
-    for name in cases:
-        if name in seen:
+    cases = config.data.query_cases
+    first: dict[str, Path] = {}
+    for name, path in zip(cases, config.data.query_images):
+        if name in first:
             raise ConfigError(
-                f"{config.path}: query images share the case name {name!r}; their outputs "
-                "would overwrite each other"
+                f"{config.path}: query images {first[name]} and {path} share the case name "
+                f"{name!r} (file and parent folder names alike); their outputs would overwrite "
+                "each other"
             )
-        seen.add(name)
+        first[name] = path
     return cases

@@ -53,7 +53,12 @@ def parse_value(text: str | None) -> Any:
 def read_raw(path: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    try:  # utf-8-sig: a byte-order mark is not part of the first section name
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (expected an INI or YAML config)"
+        ) from err
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             loaded = yaml.safe_load(text) or {}

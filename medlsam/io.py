@@ -36,8 +36,11 @@ from medlsam.volume import (  # noqa: F401  (re-exported: io is the public entry
     SITK_SUFFIXES,
     IndexMap,
     Volume,
+    align_to,
     case_name,
+    case_names,
     check_hounsfield,  # noqa: F401 (re-exported)
+    label_on_image_grid,
     same_grid,
     to_las,
     validate_geometry,
@@ -60,6 +63,8 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
     """Read a list file: one path a line; blank lines and lines starting with ``#`` are ignored.
 
+    A UTF-8 byte-order mark and Windows line ends (CRLF) are accepted.
+
     Relative paths are resolved (lexically, like a shell's ``cd``) against the folder of the list
     file itself, not the current working directory, so a data folder can be moved with its lists.
     """
@@ -69,7 +74,8 @@ def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
             f"{list_file}: list file not found (expected a text file, one path a line)"
         )
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (Windows editors) is not part of the first path
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as err:
         raise InputError(f"{list_file}: not a text file (expected one path a line)") from err
     paths = []
@@ -83,6 +89,48 @@ def read_path_list(list_file: str | os.PathLike[str]) -> list[Path]:
             path = Path(os.path.normpath(list_file.parent / path))
         paths.append(path)
     return paths
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(KNOWN_SUFFIXES)
+    )
+
+
+def label_folder(folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """Label maps of a folder by case name (:func:`case_names`).
+
+    ``folder/<case>.nii.gz`` (any known suffix); where the folder holds no such file, one
+    label file per sub-folder, named after the sub-folder (``folder/<case>/seg.nii.gz``).
+    Two files of one case are an error naming both.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: label folder not found")
+    files = _image_files(folder)
+    names = case_names(files)
+    if not files:
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found = _image_files(sub)
+            if len(found) > 1:
+                raise InputError(
+                    f"{sub}: {len(found)} label files ({', '.join(p.name for p in found[:3])}); "
+                    "expected one label map per case folder"
+                )
+            files += found
+            names += [sub.name] * len(found)
+    if not files:
+        raise InputError(
+            f"{folder}: no label maps found (expected <case>.nii.gz files, or one per sub-folder)"
+        )
+    by_case: dict[str, Path] = {}
+    for case, path in zip(names, files):
+        if case in by_case:
+            raise InputError(f"{path}: case name {case!r} also names {by_case[case]}")
+        by_case[case] = path
+    return by_case
 
 
 def write_path_list(
@@ -125,21 +173,32 @@ def _sitk_to_volume(image: sitk.Image, path: Path) -> tuple[np.ndarray, np.ndarr
     return array, affine
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def dicom_series_files(folder: str | os.PathLike[str], warn: bool = False) -> list[str]:
+    """The files of the DICOM series medlsam reads from ``folder``, in slice order.
+
+    The largest series of the folder (``warn``: say so when there are several); file ``k``
+    is voxel slice ``k`` of the volume :func:`read_image` returns.
+    """
+    folder = Path(folder)
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise InputError(f"{folder}: no DICOM series found in this folder (expected CT slices)")
     files_by_series = {s: reader.GetGDCMSeriesFileNames(str(folder), s) for s in series}
     best = max(files_by_series, key=lambda s: len(files_by_series[s]))
-    if len(series) > 1:
+    if len(series) > 1 and warn:
         logger.warning(
             "%s: %d DICOM series found; reading the largest (%d files)",
             folder,
             len(series),
             len(files_by_series[best]),
         )
-    files = files_by_series[best]
+    return list(files_by_series[best])
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    files = dicom_series_files(folder, warn=True)
     probe = sitk.ImageFileReader()
     probe.SetFileName(files[0])
     probe.ReadImageInformation()
@@ -183,6 +242,39 @@ def _load_nifti(path: Path) -> nib.Nifti1Image:
     return image
 
 
+def _describe_affine(affine: np.ndarray) -> str:
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    codes = "".join(nib.aff2axcodes(affine))
+    origin = ", ".join(f"{v:.1f}" for v in affine[:3, 3])
+    return f"{codes}, origin [{origin}] mm, spacing [{', '.join(f'{v:.2f}' for v in spacing)}] mm"
+
+
+def nifti_affine(path: Path, image: nib.Nifti1Image) -> np.ndarray:
+    """The voxel-to-world matrix of a NIfTI image, by nibabel's documented precedence.
+
+    nibabel uses the sform when ``sform_code > 0``, else the qform when ``qform_code > 0``,
+    else the spacing alone. Where both codes are set and the two matrices disagree, viewers
+    that read the qform (ITK-based ones) would place the volume elsewhere: one warning line
+    names both and says the sform is used. Every file medlsam writes has sform = qform.
+    """
+    header = image.header
+    if int(header["sform_code"]) > 0 and int(header["qform_code"]) > 0:
+        sform, qform = header.get_sform(), header.get_qform()
+        if not np.allclose(sform, qform, atol=1e-3):
+            apart = float(np.linalg.norm(sform[:3, 3] - qform[:3, 3]))
+            logger.warning(
+                "%s: sform and qform disagree (sform: %s; qform: %s; origins %.1f mm apart); "
+                "using the sform (nibabel's rule: sform_code %d > 0); outputs are written "
+                "with sform = qform = the sform",
+                path,
+                _describe_affine(sform),
+                _describe_affine(qform),
+                apart,
+                int(header["sform_code"]),
+            )
+    return np.asarray(image.affine, dtype=np.float64)
+
+
 def _header_shape(path: Path) -> tuple[int, ...] | None:
     """The shape stored in a file's header, read without loading voxels (None if unknown)."""
     lower = path.name.lower()
@@ -222,7 +314,7 @@ def _load_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if lower.endswith(NIFTI_SUFFIXES):
         image = _load_nifti(path)
         data = np.asanyarray(image.dataobj)
-        return data, np.asarray(image.affine, dtype=np.float64)
+        return data, nifti_affine(path, image)
     if lower.endswith(SITK_SUFFIXES) or not lower.endswith(KNOWN_SUFFIXES):
         return _sitk_to_volume(sitk.ReadImage(str(path)), path)
     raise InputError(f"{path}: unknown format")  # pragma: no cover
@@ -354,6 +446,21 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[st
     except OSError as err:
         raise OutputError(f"{path}: cannot write ({err.strerror or err})") from err
     return path
+
+
+def write_organ_masks(
+    mask: np.ndarray, like: Volume, stems: dict[int, str], folder: str | os.PathLike[str]
+) -> list[Path]:
+    """One binary NIfTI per organ, ``<folder>/<stem>.nii.gz`` (uint8 0/1, on ``like``'s grid).
+
+    Every organ of ``stems`` gets its file, empty where it was not predicted, as
+    TotalSegmentator writes its ``segmentations/`` folder.
+    """
+    folder = Path(folder)
+    return [
+        write_mask((mask == class_id).astype(np.uint8), like, folder / f"{stem}.nii.gz")
+        for class_id, stem in stems.items()
+    ]
 
 
 def write_mask(mask: np.ndarray, like: Volume, path: str | os.PathLike[str]) -> Path:

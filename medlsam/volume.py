@@ -9,6 +9,8 @@ orientations. Reading and writing files is :mod:`medlsam.io`'s job.
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,21 @@ def case_name(path: str | os.PathLike[str]) -> str:
     return name
 
 
+def case_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Case names of a list of images (or label maps), one per path, in order.
+
+    Each is :func:`case_name` of the file (a DICOM folder: the folder's name), except where
+    several files share a name, as in ``subject/ct.nii.gz`` layouts: those take the name of
+    their parent folder (``s01/ct.nii.gz``, ``s02/ct.nii.gz`` -> ``s01``, ``s02``). Names that
+    still collide are left so; :func:`medlsam.config.check_case_names` refuses them.
+    """
+    names = [case_name(p) for p in paths]
+    counts = Counter(names)
+    return [
+        Path(p).parent.name or name if counts[name] > 1 else name for p, name in zip(paths, names)
+    ]
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """A 3D image or label map.
@@ -41,11 +58,14 @@ class Volume:
             float32 Hounsfield units for CT images, an integer dtype for label maps.
         affine: ``(4, 4)`` float64, voxel ``(i, j, k, 1)`` -> world RAS+ millimetres.
         path: the file (or DICOM folder) it was read from, if any.
+        case: the case name, where it is not the file's (:func:`case_names`: a
+            ``subject/ct.nii.gz`` layout names the case after its folder).
     """
 
     data: np.ndarray
     affine: np.ndarray
     path: Path | None = None
+    case: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -63,6 +83,8 @@ class Volume:
 
     @property
     def name(self) -> str:
+        if self.case is not None:
+            return self.case
         return case_name(self.path) if self.path is not None else "volume"
 
     def to_world(self, ijk: np.ndarray) -> np.ndarray:
@@ -112,6 +134,97 @@ class IndexMap:
 def same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
     """Whether two volumes share shape and voxel-to-world matrix (within ``atol`` mm)."""
     return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=atol))
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _mm(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in np.asarray(values, dtype=np.float64)) + "]"
+
+
+def grid_difference(moving: Volume, reference: Volume) -> str:
+    """What differs between two grids, with numbers: shape, spacing, origin, direction.
+
+    ``moving`` is first put in ``reference``'s axis order (flips and permutations change no
+    voxel's position), so only real differences are named, in ``reference``'s terms.
+    """
+    transform = ornt_mod.ornt_transform(
+        ornt_mod.io_orientation(moving.affine), ornt_mod.io_orientation(reference.affine)
+    )
+    affine = moving.affine @ ornt_mod.inv_ornt_aff(transform, moving.shape)
+    shape = tuple(moving.shape[int(a)] for a in np.argsort(transform[:, 0]))
+    ref = reference.affine
+    parts = []
+    if shape != reference.shape:
+        parts.append(f"shape {_shape_text(shape)} vs {_shape_text(reference.shape)}")
+    spacing, ref_spacing = np.linalg.norm(affine[:3, :3], axis=0), reference.spacing
+    if not np.allclose(spacing, ref_spacing, atol=1e-3):
+        parts.append(f"spacing {_mm(spacing)} vs {_mm(ref_spacing)} mm")
+    if not np.allclose(affine[:3, 3], ref[:3, 3], atol=1e-2):
+        apart = float(np.linalg.norm(affine[:3, 3] - ref[:3, 3]))
+        parts.append(f"origin {_mm(affine[:3, 3])} vs {_mm(ref[:3, 3])} mm ({apart:.1f} mm apart)")
+    cosines = np.sum((affine[:3, :3] / spacing) * (ref[:3, :3] / ref_spacing), axis=0)
+    angle = float(np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))))
+    if angle > 0.01:
+        parts.append(f"direction: axes up to {angle:.1f} deg apart")
+    return "; ".join(parts) or "voxel positions differ"
+
+
+def align_to(
+    moving: Volume, reference: Volume, what: str = "grid", against: str = ""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``moving``'s voxels on ``reference``'s grid, exactly (no interpolation).
+
+    ``what`` and ``against`` word the error (``"label grid"``, ``"its image "``).
+    Works where both grids hold the same voxels in another axis order or orientation (a
+    signed permutation of the axes, as a label map stored flipped relative to its image).
+
+    Returns:
+        data: ``reference.shape`` array (a view of ``moving.data`` where possible).
+        matrix, offset: signed permutation ``(3, 3)`` and ``(3,)`` integers mapping moving
+            indices to reference indices, ``ijk_ref = matrix @ ijk_moving + offset``.
+
+    Raises:
+        InputError: the grids do not coincide voxel for voxel; the message names both files
+            and what differs (shape, spacing, origin, direction, with numbers).
+    """
+    to_ref = np.linalg.inv(reference.affine) @ moving.affine
+    rot, shift = to_ref[:3, :3], to_ref[:3, 3]
+    matrix, offset = np.rint(rot), np.rint(shift)
+    fits = np.allclose(np.abs(matrix).sum(0), 1) and np.allclose(np.abs(matrix).sum(1), 1)
+    fits = fits and np.allclose(rot, matrix, atol=1e-3) and np.allclose(shift, offset, atol=1e-2)
+    perm, signs = [0, 1, 2], [1, 1, 1]
+    if fits:
+        perm = [int(np.nonzero(matrix[a])[0][0]) for a in range(3)]
+        signs = [int(matrix[a, perm[a]]) for a in range(3)]
+        for a in range(3):
+            size = reference.shape[a]
+            fits = fits and moving.shape[perm[a]] == size
+            fits = fits and offset[a] == (0 if signs[a] > 0 else size - 1)
+    if not fits:
+        raise InputError(
+            f"{moving.path or moving.name}: {what} does not match {against}"
+            f"{reference.path or reference.name} ({grid_difference(moving, reference)}); "
+            "expected the same grid, or the same voxels with axes flipped or permuted"
+        )
+    data = moving.data
+    if perm != [0, 1, 2] or min(signs) < 0:
+        data = np.transpose(data, perm)
+        flips = tuple(a for a in range(3) if signs[a] < 0)
+        data = np.flip(data, axis=flips) if flips else data
+    return data, matrix.astype(int), offset.astype(int)
+
+
+def label_on_image_grid(label: Volume, image: Volume) -> Volume:
+    """A label map on its image's exact grid: as is, or reoriented where it is the same grid
+    stored with axes flipped or permuted (:func:`align_to`); any other grid is an error naming
+    both files and what differs."""
+    if same_grid(label, image):
+        return label
+    data, _, _ = align_to(label, image, what="label grid", against="its image ")
+    return Volume(data=np.ascontiguousarray(data), affine=image.affine.copy(), path=label.path)
 
 
 _LAS = ornt_mod.axcodes2ornt(("L", "A", "S"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 from medlsam.io import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
-CT_TESTDATA = ROOT.parent / "shared" / "ct_testdata"
+#: ``MEDLSAM_CT_TESTDATA`` points elsewhere (a checkout that is not beside ``shared/``).
+CT_TESTDATA = Path(os.environ.get("MEDLSAM_CT_TESTDATA") or ROOT.parent / "shared" / "ct_testdata")
 
 #: All 48 axis orientations as (permutation, flips).
 ORIENTATIONS = [

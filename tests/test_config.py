@@ -326,13 +326,13 @@ def test_query_case_names_must_be_unique(tmp_path):
     root = _tree(tmp_path, n_query=2)
     cfg = load_config(_write(root, PUBLISHED))
     assert check_case_names(cfg) == ["query_image_0", "query_image_1"]
-    (root / "other").mkdir()
-    (root / "other" / "query_image_0.nii.gz").write_bytes(b"x")
+    (root / "other" / "img").mkdir(parents=True)  # same file name, same parent folder name
+    (root / "other" / "img" / "query_image_0.nii.gz").write_bytes(b"x")
     lst = root / "config/data/WORD/query_image.txt"
-    lst.write_text(lst.read_text() + "../../../other/query_image_0.nii.gz\n")
+    lst.write_text(lst.read_text() + "../../../other/img/query_image_0.nii.gz\n")
     lab = root / "config/data/WORD/query_label.txt"
     lab.write_text(lab.read_text() + "../../../img/query_label_0.nii.gz\n")
-    with pytest.raises(ConfigError, match="share the case name 'query_image_0'"):
+    with pytest.raises(ConfigError, match="share the case name 'img'"):
         check_case_names(load_config(_write(root, PUBLISHED)))
 
 

@@ -1,8 +1,8 @@
 """Imports point one way; no import cycle (lazy imports included); library code has no side effects.
 
 Core modules (``medlsam/*.py``) rank among themselves:
-errors -> volume -> io -> ini -> config -> boxes/png/records -> preprocess/checkpoint/boxplot/
-export_cache -> engine.
+errors/organs -> volume -> io -> ini/weights -> config -> boxes/png/records/download/dicom_seg
+-> preprocess/checkpoint/boxplot/export_cache -> engine.
 Above the core, stage packages: localization and segment (beside each other) and evaluation
 (reads files only: never a model, never torch) -> train -> pipeline -> bench -> cli.
 A module may import modules of a lower rank, or of its own package; a package's
@@ -21,13 +21,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medlsam"
 #: core modules, by name
 CORE = {
     "errors": 0,
+    "organs": 0,
     "volume": 1,
     "io": 2,
     "ini": 3,
+    "weights": 3,
     "config": 4,
     "boxes": 5,
     "png": 5,
     "records": 5,
+    "download": 5,
+    "dicom_seg": 5,
     "preprocess": 6,
     "checkpoint": 6,
     "boxplot": 6,
@@ -51,7 +55,20 @@ RANKS = {**CORE, **PACKAGES}
 
 #: core modules and packages that never import torch (names a user types are checked, and
 #: predictions are scored, without loading a model)
-TORCH_FREE = {"errors", "volume", "io", "ini", "config", "boxes", "preprocess", "evaluation"}
+TORCH_FREE = {
+    "errors",
+    "organs",
+    "volume",
+    "io",
+    "ini",
+    "weights",
+    "config",
+    "boxes",
+    "download",
+    "dicom_seg",
+    "preprocess",
+    "evaluation",
+}
 
 
 def _group(module: str) -> str:

@@ -19,35 +19,21 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
 from medlsam.errors import CheckpointError
+from medlsam.weights import demo_checkpoint  # noqa: F401 (re-exported: the demo's own helper)
 
 #: Support scans of the demo (the published configs use 5).
 DEMO_SUPPORTS = 5
 #: Default seed of the demo cohort (the demo checkpoint was trained on seed 1000).
 DEMO_SEED = 2024
-#: MSS scales of the demo (the demo checkpoint trains MSS on feature0 only).
+#: MSS scales of the demo (the demo checkpoint trains MSS on feature0 only; the same settings
+#: are stored beside it in medlam_demo.json, for ``medlam_load_path = demo``).
 DEMO_SCALES: tuple[str, ...] = ("feature0",)
 #: Relative-distance steps of the demo (the published code takes one; see Localizer).
 DEMO_RDR_STEPS = 3
-
-
-def demo_checkpoint() -> Path:
-    """Path of the demo MedLAM checkpoint shipped as package data.
-
-    Raises:
-        CheckpointError: the package was installed without its data file.
-    """
-    path = Path(str(resources.files("medlsam") / "data" / "medlam_demo.pth"))
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: the demo MedLAM checkpoint is missing from the installed package; "
-            "reinstall medlsam or recreate it with scripts/train_demo_checkpoint.sh"
-        )
-    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,12 +161,10 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def _labels(cfg) -> dict[str, Path]:
-    from medlsam.io import case_name
-
     assert cfg.data.query_labels is not None
     return {
-        case_name(i): Path(lab)
-        for i, lab in zip(cfg.data.query_images, cfg.data.query_labels, strict=True)
+        case: Path(lab)
+        for case, lab in zip(cfg.data.query_cases, cfg.data.query_labels, strict=True)
     }
 
 

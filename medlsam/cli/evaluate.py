@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder(s) of predictions <case>.nii.gz (overrides seg_save_path); several "
         "folders (e.g. the shards of one run) are scored together",
     )
-    src.add_argument("--labels", type=Path, help="list file of reference label maps, one a line")
+    src.add_argument(
+        "--labels",
+        type=Path,
+        help="reference label maps: a list file (one path a line) or a folder "
+        "(<case>.nii.gz, or one label file per <case>/ sub-folder)",
+    )
     src.add_argument(
         "--classes",
         type=_classes,
@@ -108,10 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "code did (biased upward; only to compare with the paper)",
     )
     opts.add_argument(
-        "--missing-as-empty",
+        "--skip-missing",
         action="store_true",
-        help="score a label without prediction as an empty prediction (DSC 0)",
+        help="leave labels without a prediction file out of the scores (warning: biased "
+        "averages); by default they count as empty predictions (DSC 0, column 'no pred file')",
     )
+    opts.add_argument("--missing-as-empty", action="store_true", help=argparse.SUPPRESS)
     opts.add_argument(
         "--workers",
         type=_positive_int,
@@ -130,8 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _labels_from_config(args: argparse.Namespace):
-    from medlsam.config import load_config
-    from medlsam.io import case_name
+    from medlsam.config import check_case_names, load_config
 
     config = load_config(args.config, check_files=False)
     data = config.data
@@ -140,15 +146,7 @@ def _labels_from_config(args: argparse.Namespace):
             f"{args.config}: [data] query_label_ls is not set; evaluation needs "
             "the query label maps (or use --pred DIR --labels LIST.txt)"
         )
-    labels = {}
-    for image, label in zip(data.query_images, data.query_labels, strict=True):
-        case = case_name(image)
-        if case in labels:
-            raise ConfigError(
-                f"{data.query_image_ls}: two query images are named {case!r}; "
-                "expected unique case names"
-            )
-        labels[case] = label
+    labels = dict(zip(check_case_names(config), data.query_labels, strict=True))
     missing = [str(p) for p in labels.values() if not p.exists()]
     if missing:
         raise InputError(
@@ -164,7 +162,7 @@ def _body(args: argparse.Namespace) -> int:
     from medlsam.evaluation import report as eval_report
     from medlsam.evaluation.case import labels_by_case
     from medlsam.evaluation.folder import evaluate
-    from medlsam.io import read_path_list
+    from medlsam.io import label_folder, read_path_list
 
     if args.compare:
         if args.config or args.pred or args.labels:
@@ -181,7 +179,10 @@ def _body(args: argparse.Namespace) -> int:
             )
         pred, labels, classes, names = _labels_from_config(args)
     elif args.pred is not None and args.labels is not None:
-        labels = labels_by_case(read_path_list(args.labels), source=args.labels)
+        if args.labels.is_dir():
+            labels = label_folder(args.labels)
+        else:
+            labels = labels_by_case(read_path_list(args.labels), source=args.labels)
         pred, classes, names = args.pred, args.classes, {}
     else:
         raise InputError(
@@ -201,7 +202,7 @@ def _body(args: argparse.Namespace) -> int:
         hd95_definition=args.hd95,
         published_averages=args.published_averages,
         boxes_dir=args.boxes,
-        missing_as_empty=args.missing_as_empty,
+        skip_missing=args.skip_missing,
         workers=args.workers,
     )
     written = result.write(args.output or pred[0])

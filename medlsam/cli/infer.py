@@ -3,12 +3,13 @@
 Usage::
 
     medlsam-infer --config test_word_spl_medsam.txt [--output DIR] [--device cpu|cuda|auto]
-                  [--overwrite] [--boxes-from-labels] [--shard K/N] [--debug] [--quiet]
+                  [--overwrite] [--boxes-from-labels] [--organ-masks] [--dicom-seg]
+                  [--shard K/N] [--debug] [--quiet]
     torchrun --nproc_per_node 4 -m medlsam.cli.infer --config X.txt      # one GPU per rank
 
 Writes, per query ``<case>``, under ``--output`` (default ``[data] seg_save_path``):
 ``<case>.nii.gz`` (label map on the query's grid), ``<case>.npz`` (label map, per-slice boxes
-and scores), ``<case>.boxes.json`` (3D boxes), PNG overlays under ``png/<case>/`` (or
+and SAM predicted IoUs), ``<case>.boxes.json`` (3D boxes), PNG overlays under ``png/<case>/`` (or
 ``[data] seg_png_save_path/<case>/`` without ``--output``) and one ``run.json`` for the run.
 Query labels are never read, except by ``--boxes-from-labels`` (the published manual-prompt
 upper bound, written by default beside ``seg_save_path`` with the suffix ``_manual_boxes``)
@@ -27,6 +28,7 @@ handled like Ctrl-C. Exit codes (:mod:`medlsam.cli`): 0 all done; 1 some cases f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -71,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         "side enlarged by a random 0-19 px, as the paper's 'manual box' columns",
     )
     parser.add_argument(
+        "--organ-masks",
+        action="store_true",
+        help="also write <case>/<organ>.nii.gz, one binary map per organ named as "
+        "TotalSegmentator names its files ([run] organ_masks)",
+    )
+    parser.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="also write <case>.seg.dcm (DICOM-SEG) for queries read from a DICOM folder "
+        '([run] dicom_seg; needs pip install "medlsam[dicom]")',
+    )
+    parser.add_argument(
         "--shard",
         type=_shard,
         metavar="K/N",
@@ -86,6 +100,13 @@ def _body(args: argparse.Namespace) -> int:
     from medlsam.pipeline.distributed import dist_env, run_sharded
 
     config = load_config(args.config)
+    if args.organ_masks or args.dicom_seg:
+        run_options = dataclasses.replace(
+            config.run,
+            organ_masks=config.run.organ_masks or args.organ_masks,
+            dicom_seg=config.run.dicom_seg or args.dicom_seg,
+        )
+        config = dataclasses.replace(config, run=run_options)
     report = run_sharded(
         config,
         device=args.device or config.run.device,

@@ -11,8 +11,10 @@ the key is set); then writes ``<output>/<case>.boxes.json`` for every query (def
 reads it, both ends inclusive; ``*_mm`` values are world RAS+ millimetres.
 
 With ``query_label_ls``, the boxes are scored (see :mod:`~medlsam.evaluation.box_metrics`):
-``iou.txt`` and ``wd.txt`` in the published text format, plus ``box_metrics.csv`` and
-``box_metrics.json``. A query that fails is reported and the others go on; the exit code is then 1.
+``iou.txt`` and ``wd.txt`` in the published layout (one ``MedLAM box IoU for class <k>: mean
++- std`` line per class; the published files called these MedLAM boxes "MedSAM IOU"), plus
+``box_metrics.csv`` and ``box_metrics.json``. A query that fails is reported and the others
+go on; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 from pathlib import Path
 
 from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
-from medlsam.errors import InputError, MedlsamError
+from medlsam.errors import MedlsamError
 
 logger = logging.getLogger("medlsam.localize")
 
@@ -52,7 +54,7 @@ def _body(args: argparse.Namespace) -> int:
     from medlsam.boxes import boxes_json
     from medlsam.config import check_case_names, load_config
     from medlsam.evaluation.box_metrics import score_organ, summarize, write_reports
-    from medlsam.io import atomic_write_text, read_image, read_label, same_grid
+    from medlsam.io import atomic_write_text, label_on_image_grid, read_image, read_label
     from medlsam.pipeline.setup import (
         build_localizer,
         prepare_localizer,
@@ -87,12 +89,7 @@ def _body(args: argparse.Namespace) -> int:
             )
             atomic_write_text(Path(output) / f"{case}.boxes.json", json.dumps(doc, indent=2))
             if labels is not None:
-                label = read_label(labels[n])
-                if not same_grid(volume, label):
-                    raise InputError(
-                        f"{labels[n]}: label grid {label.shape} does not match its image "
-                        f"{path} {volume.shape}"
-                    )
+                label = label_on_image_grid(read_label(labels[n]), volume)
                 for c in data.fg_class:
                     scores.append(
                         score_organ(

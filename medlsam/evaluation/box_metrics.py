@@ -135,13 +135,15 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def report_text(summary: dict[int, dict], names: dict[int, str] | None = None) -> tuple[str, str]:
-    """The published ``iou`` and ``wd`` text files, plus ``#`` lines with the case counts."""
+    """The ``iou`` and ``wd`` text files in the published layout, plus ``#`` lines with the case
+    counts. The published files headed these MedLAM box scores "MedSAM IOU"/"MedSAM WD"; here
+    they say what they measure: ``MedLAM box IoU`` and ``MedLAM box WD (mm)``."""
     iou = [
-        f"MedSAM IOU for class {c}: {e['iou_mean']:.3f} +- {e['iou_std']:.3f}"
+        f"MedLAM box IoU for class {c}: {e['iou_mean']:.3f} +- {e['iou_std']:.3f}"
         for c, e in summary.items()
     ]
     wd = [
-        f"MedSAM WD for class {c}: {e['wd_mean']:.3f} +- {e['wd_std']:.3f}"
+        f"MedLAM box WD (mm) for class {c}: {e['wd_mean']:.3f} +- {e['wd_std']:.3f}"
         for c, e in summary.items()
     ]
     counts = [

@@ -10,7 +10,8 @@
   of the image file, which is the prediction's grid).
 
 Status of an organ in a case: ``ok`` (in both), ``empty_prediction`` (in the reference only),
-``false_positive`` (in the prediction only), ``absent`` (in neither).
+``missing_prediction`` (in the reference, and the case has no prediction file: scored as an
+empty prediction), ``false_positive`` (in the prediction only), ``absent`` (in neither).
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import numpy as np
 from medlsam.boxes import Box3D, box_iou
 from medlsam.errors import InputError
 from medlsam.evaluation import metrics
-from medlsam.io import KNOWN_SUFFIXES, Volume, case_name, read_label
+from medlsam.io import KNOWN_SUFFIXES, Volume, case_name, case_names, read_label
 from medlsam.records import SHARD_RECORD, read_record, record_files
+from medlsam.volume import align_to
 
 logger = logging.getLogger(__name__)
 
 OK = "ok"
 EMPTY_PREDICTION = "empty_prediction"
+MISSING_PREDICTION = "missing_prediction"  # no prediction file: scored as empty (DSC 0)
 FALSE_POSITIVE = "false_positive"
 ABSENT = "absent"
 
@@ -152,7 +155,8 @@ def inference_records(pred_dirs: Sequence[Path]) -> dict[str, dict]:
 
 
 def labels_by_case(labels: Sequence[Path], source: str | Path = "") -> dict[str, Path]:
-    """Reference label files by case name; duplicate names and missing files are errors.
+    """Reference label files by case name (:func:`medlsam.io.case_names`: the file's name, or
+    its folder's where file names collide); duplicate names and missing files are errors.
 
     ``source`` (the list file) is named in the error messages.
     """
@@ -164,8 +168,7 @@ def labels_by_case(labels: Sequence[Path], source: str | Path = "") -> dict[str,
             f"; and {len(missing) - 10} more" if len(missing) > 10 else ""
         )
         raise InputError(f"{where}{len(missing)} label file(s) not found: {shown}")
-    for path in labels:
-        case = case_name(path)
+    for case, path in zip(case_names(labels), labels):
         if case in by_case:
             raise InputError(
                 f"{path}: case name {case!r} also names {by_case[case]}; expected unique names"
@@ -187,34 +190,9 @@ def align_to_label(pred: Volume, label: Volume) -> tuple[np.ndarray, np.ndarray,
             indices to label indices, ``ijk_label = matrix @ ijk_pred + offset``.
 
     Raises:
-        InputError: the grids do not coincide voxel for voxel.
+        InputError: the grids do not coincide voxel for voxel (the message says what differs).
     """
-    to_label = np.linalg.inv(label.affine) @ pred.affine
-    rot, shift = to_label[:3, :3], to_label[:3, 3]
-    matrix, offset = np.rint(rot), np.rint(shift)
-    is_perm = np.allclose(np.abs(matrix).sum(0), 1) and np.allclose(np.abs(matrix).sum(1), 1)
-    fits = is_perm and np.allclose(rot, matrix, atol=1e-3) and np.allclose(shift, offset, atol=1e-2)
-    if fits:
-        perm = [int(np.nonzero(matrix[a])[0][0]) for a in range(3)]
-        signs = [int(matrix[a, perm[a]]) for a in range(3)]
-        for a in range(3):
-            size = label.shape[a]
-            fits = fits and pred.shape[perm[a]] == size
-            fits = fits and offset[a] == (0 if signs[a] > 0 else size - 1)
-    if not fits:
-        raise InputError(
-            f"{pred.path}: prediction grid ({'x'.join(map(str, pred.shape))} voxels, "
-            f"{pred.axcodes}, spacing {np.round(pred.spacing, 3).tolist()} mm) does not match the "
-            f"label {label.path} ({'x'.join(map(str, label.shape))}, {label.axcodes}, spacing "
-            f"{np.round(label.spacing, 3).tolist()} mm); expected the prediction on its image's "
-            "grid"
-        )
-    data = pred.data
-    if perm != [0, 1, 2] or min(signs) < 0:
-        data = np.transpose(data, perm)
-        flips = tuple(a for a in range(3) if signs[a] < 0)
-        data = np.flip(data, axis=flips) if flips else data
-    return data, matrix.astype(int), offset.astype(int)
+    return align_to(pred, label, what="prediction grid", against="the label ")
 
 
 def read_boxes_json(path: Path) -> dict:
@@ -253,11 +231,11 @@ def predicted_box(
     return Box3D.from_points(corners @ matrix.T + offset)
 
 
-def _status(gt_voxels: int, pred_voxels: int) -> str:
+def _status(gt_voxels: int, pred_voxels: int, no_file: bool = False) -> str:
     if gt_voxels and pred_voxels:
         return OK
     if gt_voxels:
-        return EMPTY_PREDICTION
+        return MISSING_PREDICTION if no_file else EMPTY_PREDICTION
     return FALSE_POSITIVE if pred_voxels else ABSENT
 
 
@@ -311,7 +289,7 @@ def score_case(job: CaseJob) -> list[OrganScore]:
             OrganScore(
                 job.case,
                 cls,
-                _status(m.gt_voxels, m.pred_voxels),
+                _status(m.gt_voxels, m.pred_voxels, job.prediction is None),
                 m.gt_voxels,
                 m.pred_voxels,
                 m.dsc,

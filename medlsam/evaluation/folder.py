@@ -8,9 +8,11 @@ Inputs:
   extra classes are ignored;
 * optionally ``<case>.boxes.json`` (schema in :mod:`medlsam.boxes`) for 3D box IoU.
 
-Predictions and references are matched by case name (:func:`medlsam.io.case_name`). A
-reference without a prediction and a prediction without a reference are both reported (log
-warning, summary, table footer), never dropped silently.
+Predictions and references are matched by case name (:func:`medlsam.io.case_names`). A
+reference without a prediction file is scored as an empty prediction (DSC 0, status
+``missing_prediction``, its own column of the table), unless ``skip_missing`` leaves it out
+(with a warning: the averages are then biased upward). A prediction without a reference is
+reported (log warning, summary, table footer) and not scored.
 
 Metrics are computed on the reference's own voxel grid with its spacing (definitions in
 :mod:`~.metrics`). A prediction on the same grid in another axis order or orientation
@@ -23,6 +25,7 @@ reference / prediction status                      averages
 =====================  ==========================  ======================================
 present / present      ``ok``                      DSC, NSD, HD95
 present / empty        ``empty_prediction``        DSC 0, NSD 0; HD95 missing (counted)
+present / no file      ``missing_prediction``      as ``empty_prediction`` (counted apart)
 absent / present       ``false_positive``          DSC 0, NSD 0; HD95 missing (counted)
 absent / absent        ``absent``                  excluded (counted)
 =====================  ==========================  ======================================
@@ -59,6 +62,7 @@ from medlsam.evaluation.case import (
     ABSENT,
     EMPTY_PREDICTION,
     FALSE_POSITIVE,
+    MISSING_PREDICTION,
     OK,
     CaseJob,
     OrganScore,
@@ -128,9 +132,10 @@ def summarize(
     """Per-organ mean and population std of each metric, the mean over organs and the counts.
 
     Returns a JSON-ready dict: ``{"classes": {"<id>": {"name", "n", "dsc": {"mean", "std",
-    "n"}, "nsd", "hd95", "iou", "absent", "empty_prediction", "false_positive",
-    "hd95_missing", "dropped"}}, "mean": {metric: mean over organs}, "mean_std": {metric:
-    mean of the organs' std, as the paper's "Average" rows}, "excluded": {totals}}``.
+    "n"}, "nsd", "hd95", "iou", "absent", "empty_prediction", "missing_prediction",
+    "false_positive", "hd95_missing", "dropped"}}, "mean": {metric: mean over organs},
+    "mean_std": {metric: mean of the organs' std, as the paper's "Average" rows},
+    "excluded": {totals}}``.
     ``None`` stands for "no value".
     """
     by_class: dict[int, list[OrganScore]] = {c: [] for c in classes}
@@ -141,15 +146,15 @@ def summarize(
     totals = {
         "absent": 0,
         "empty_prediction": 0,
+        "missing_prediction": 0,
         "false_positive": 0,
         "hd95_missing": 0,
         "dropped": 0,
     }
     for cls in classes:
         rows = by_class[cls]
-        counts = {
-            k: sum(r.status == k for r in rows) for k in (ABSENT, EMPTY_PREDICTION, FALSE_POSITIVE)
-        }
+        kinds = (ABSENT, EMPTY_PREDICTION, MISSING_PREDICTION, FALSE_POSITIVE)
+        counts = {k: sum(r.status == k for r in rows) for k in kinds}
         scored = [r for r in rows if r.status != ABSENT]
         dropped = sum(r.status != OK for r in scored) if published_averages else 0
         if published_averages:
@@ -164,6 +169,7 @@ def summarize(
             "iou": _stats([r.iou for r in scored if not math.isnan(r.iou)]),
             "absent": counts[ABSENT],
             "empty_prediction": counts[EMPTY_PREDICTION],
+            "missing_prediction": counts[MISSING_PREDICTION],
             "false_positive": counts[FALSE_POSITIVE],
             "hd95_missing": sum(math.isnan(v) for v in hd),
             "dropped": dropped,
@@ -201,7 +207,7 @@ def evaluate(
     hd95_definition: str = "monai",
     published_averages: bool = False,
     boxes_dir: str | Path | None = None,
-    missing_as_empty: bool = False,
+    skip_missing: bool = False,
     workers: int = 1,
 ) -> EvalResult:
     """Score every prediction in ``pred_dir`` against its reference label map.
@@ -220,8 +226,8 @@ def evaluate(
         published_averages: drop organ/cases without HD95 from every average (paper only).
         boxes_dir: where ``<case>.boxes.json`` are looked for (default: beside each
             prediction).
-        missing_as_empty: score a reference without prediction as an empty prediction
-            (otherwise it is reported and not scored).
+        skip_missing: leave a reference without prediction file out of the scores (with a
+            warning); by default it is scored as an empty prediction (DSC 0).
         workers: processes reading and scoring cases in parallel.
 
     A case whose prediction or boxes file is corrupt or on another grid fails alone: it is
@@ -258,7 +264,9 @@ def evaluate(
             "%d case(s) have a label but no prediction in %s%s: %s",
             len(missing_pred),
             where,
-            " (scored as empty)" if missing_as_empty else " (not scored)",
+            " (not scored: --skip-missing; the averages leave them out and are biased upward)"
+            if skip_missing
+            else " (scored as empty predictions, DSC 0; --skip-missing leaves them out)",
             ", ".join(missing_pred[:10]) + (" ..." if len(missing_pred) > 10 else ""),
         )
     if missing_label:
@@ -268,7 +276,7 @@ def evaluate(
             where,
             ", ".join(missing_label[:10]) + (" ..." if len(missing_label) > 10 else ""),
         )
-    if len(missing_pred) == len(by_case) and not missing_as_empty:
+    if len(missing_pred) == len(by_case):
         raise InputError(
             f"{where}: no prediction matches a label case ({len(predictions)} prediction(s), "
             f"e.g. {sorted(predictions)[:3]}; labels e.g. {list(by_case)[:3]}); expected "
@@ -282,7 +290,7 @@ def evaluate(
     wanted = None if classes is None else tuple(int(c) for c in classes)
     jobs = []
     for case, label in by_case.items():
-        if case not in predictions and not missing_as_empty:
+        if case not in predictions and skip_missing:
             continue
         pred = predictions.get(case)
         folder = Path(boxes_dir) if boxes_dir is not None else (pred or pred_dirs[0]).parent
@@ -328,7 +336,7 @@ def evaluate(
         "tolerance_mm": float(tolerance_mm),
         "hd95_definition": hd95_definition,
         "averages": "published" if published_averages else "honest",
-        "missing_as_empty": bool(missing_as_empty),
+        "missing_as_empty": not skip_missing,
         "predictions": str(pred_dirs[0]) if len(pred_dirs) == 1 else [str(d) for d in pred_dirs],
     }
     summary["n_cases"] = len(jobs)
@@ -340,7 +348,7 @@ def evaluate(
         for c in missing_pred
         if records.get(c, {}).get("status") == "failed"
     }
-    summary["excluded"]["missing_predictions"] = len(missing_pred) if not missing_as_empty else 0
+    summary["excluded"]["missing_predictions"] = len(missing_pred) if skip_missing else 0
     summary["excluded"]["missing_labels"] = len(missing_label)
     summary["excluded"]["failed_cases"] = len(failed)
     return EvalResult(scores=scores, summary=summary, class_names=names)

@@ -73,6 +73,7 @@ def markdown_table(summary: dict) -> str:
         "box IoU",
         "absent",
         "empty pred",
+        "no pred file",
         "false pos",
         "HD95 missing",
     ]
@@ -94,6 +95,7 @@ def markdown_table(summary: dict) -> str:
             _pm(e["iou"], "iou"),
             str(e["absent"]),
             str(e["empty_prediction"]),
+            str(e.get("missing_prediction", 0)),
             str(e["false_positive"]),
             str(e["hd95_missing"]),
         ]
@@ -118,6 +120,7 @@ def markdown_table(summary: dict) -> str:
         *cells,
         str(ex["absent"]),
         str(ex["empty_prediction"]),
+        str(ex.get("missing_prediction", 0)),
         str(ex["false_positive"]),
         str(ex["hd95_missing"]),
     ]
@@ -140,7 +143,11 @@ def _footer(summary: dict) -> str:
             else " (" + ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") + ")"
         )
 
-    scored = "scored as empty" if settings.get("missing_as_empty") else "not scored"
+    scored = (
+        "scored as empty predictions: DSC 0, column 'no pred file'"
+        if settings.get("missing_as_empty", True)
+        else "NOT scored (--skip-missing): averages biased upward"
+    )
     text = (
         f"{summary.get('n_cases', 0)} case(s) scored; labels without prediction: {len(miss_p)}"
         f"{shown(miss_p)} ({scored}); predictions without label: {len(miss_l)}{shown(miss_l)}.\n"
@@ -190,7 +197,7 @@ def per_case_csv(scores: Sequence[Any], summary: dict, class_names: Mapping[int,
                 fmt(s.iou),
             ]
         )
-    if not summary.get("settings", {}).get("missing_as_empty"):
+    if not summary.get("settings", {}).get("missing_as_empty", True):
         for case in summary.get("missing_predictions", []):
             writer.writerow([case, "", "", "missing_prediction"] + [""] * 7)
     for case in summary.get("missing_labels", []):
@@ -232,7 +239,7 @@ def write_outputs(
 
 def boxplot_groups(scores: Sequence[Any], summary: dict) -> list[tuple[str, list[float]]]:
     """Per-organ DSC values that enter the averages, as ``(class id, values)`` pairs."""
-    averaged = {"ok", "empty_prediction", "false_positive"}
+    averaged = {"ok", "empty_prediction", "missing_prediction", "false_positive"}
     if summary.get("settings", {}).get("averages") == "published":
         averaged = {"ok"}
     return [

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from medlsam.boxes import Box3D, OrganBoxes, box_overlaps, group_box
 from medlsam.config import BoxMode
 from medlsam.errors import InputError
-from medlsam.io import Volume, same_grid
+from medlsam.io import Volume, label_on_image_grid
 from medlsam.localization.matching import (
     crop_patches,
     initial_centres,
@@ -179,12 +179,7 @@ class Localizer:
         classes = [int(c) for c in classes]
         prepared = []
         for image, label in supports:
-            if not same_grid(image, label):
-                raise InputError(
-                    f"{label.path or label.name}: label grid {label.shape} does not match its "
-                    f"image {image.path or image.name} {image.shape} "
-                    "(same shape and affine expected)"
-                )
+            label = label_on_image_grid(label, image)  # flipped/permuted: reoriented
             grid = medlam_image(image, self.interpolation)
             prepared.append((image.name, pad(grid.array), pad(medlam_label(label, classes, grid))))
             del image, label, grid

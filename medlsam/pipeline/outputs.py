@@ -6,8 +6,14 @@ Under the segmentation folder (``seg_save_path`` or ``--output``):
   values are the config's ``fg_class`` ids, 0 elsewhere;
 * ``<case>.npz``: ``label`` ``(I, J, K)``; the per-slice prompts ``slice`` ``(M,)``,
   ``class_id`` ``(M,)``, ``part`` ``(M,)``, ``box`` ``(M, 4)`` (XYXY, SAM 1024 frame) and
-  ``score`` ``(M,)``; ``slice_axis``; ``classes``; ``upper_bound_baseline`` (bool);
+  ``score`` ``(M,)`` (the SAM predicted IoU: SAM's own estimate for its mask, not a quality
+  measure; ``classic``: the mean organ probability inside the mask); ``slice_axis``;
+  ``classes``; ``upper_bound_baseline`` (bool);
 * ``<case>.boxes.json``: the 3D boxes (:func:`medlsam.boxes.boxes_json`);
+* with ``[run] organ_masks``: ``<case>/<organ>.nii.gz``, one binary map per organ of
+  ``fg_class`` named as TotalSegmentator names its files (:mod:`medlsam.organs`);
+* with ``[run] dicom_seg``, for a query read from a DICOM folder: ``<case>.seg.dcm``
+  (:mod:`medlsam.dicom_seg`);
 
 and under the PNG folder, ``<case>/<class id>_<name>.png`` (:mod:`medlsam.pipeline.overlays`).
 """
@@ -26,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from medlsam.boxes import boxes_json
-from medlsam.io import Volume, atomic_write_bytes, atomic_write_text, write_mask
+from medlsam.dicom_seg import write_dicom_seg
+from medlsam.io import Volume, atomic_write_bytes, atomic_write_text, write_mask, write_organ_masks
+from medlsam.organs import organ_file_name
 from medlsam.pipeline.overlays import render_organ, safe_name
 from medlsam.png import write_png
 from medlsam.segment.assemble import Prediction
@@ -45,15 +53,22 @@ def case_files(seg_dir: Path, case: str) -> dict[str, Path]:
     }
 
 
-def outputs_complete(seg_dir: Path, case: str) -> bool:
-    """Whether every result file of ``case`` exists and is not empty."""
-    return all(p.is_file() and p.stat().st_size > 0 for p in case_files(seg_dir, case).values())
+def outputs_complete(seg_dir: Path, case: str, organ_masks: bool = False) -> bool:
+    """Whether every result file of ``case`` exists and is not empty (with ``organ_masks``,
+    its per-organ folder too; a DICOM-SEG is not checked: an empty prediction has none)."""
+    files = list(case_files(seg_dir, case).values())
+    if organ_masks and not (seg_dir / case).is_dir():
+        return False
+    return all(p.is_file() and p.stat().st_size > 0 for p in files)
 
 
 def remove_case(seg_dir: Path, png_dir: Path | None, case: str) -> None:
     """Delete a case's result files and PNG folder (a failed case must leave no stale output)."""
     for path in case_files(seg_dir, case).values():
         path.unlink(missing_ok=True)
+    (seg_dir / f"{case}.seg.dcm").unlink(missing_ok=True)
+    if (seg_dir / case).is_dir():
+        shutil.rmtree(seg_dir / case, ignore_errors=True)
     if png_dir is not None and (png_dir / case).is_dir():
         shutil.rmtree(png_dir / case, ignore_errors=True)
 
@@ -69,6 +84,29 @@ def npz_bytes(prediction: Prediction, classes: Sequence[int]) -> bytes:
         **prediction.prompts,
     )
     return buffer.getvalue()
+
+
+def organ_stems(classes: Sequence[int], class_names: Mapping[int, str]) -> dict[int, str]:
+    """TotalSegmentator-style file stems of the organs, made unique with the class id."""
+    stems: dict[int, str] = {}
+    for c in classes:
+        stem = organ_file_name(class_names.get(int(c), f"class_{c}"))
+        stems[int(c)] = f"{stem}_{int(c)}" if stem in stems.values() else stem
+    return stems
+
+
+def _write_dicom_seg(
+    prediction: Prediction, volume: Volume, seg_dir: Path, class_names: Mapping[int, str]
+) -> Path | None:
+    if volume.path is None or not Path(volume.path).is_dir():
+        logger.debug("%s: not read from DICOM, no DICOM-SEG", prediction.case)
+        return None
+    path = write_dicom_seg(
+        prediction.label, volume, class_names, seg_dir / f"{prediction.case}.seg.dcm"
+    )
+    if path is None:
+        logger.warning("%s: no organ predicted, so no DICOM-SEG written", prediction.case)
+    return path
 
 
 def _rel(path: Path, folder: Path) -> str:
@@ -88,10 +126,13 @@ def write_case(
     classes: Sequence[int],
     class_names: Mapping[int, str],
     extra: Mapping[str, object] | None = None,
+    organ_masks: bool = False,
+    dicom_seg: bool = False,
 ) -> dict[str, Any]:
     """Write every output of one case; returns ``{kind: path}`` of what was written.
 
     Paths are returned relative to ``seg_dir`` (where ``run.json`` lives) when inside it.
+    ``organ_masks`` and ``dicom_seg`` add the per-organ NIfTI files and the DICOM-SEG.
     """
     files = case_files(seg_dir, prediction.case)
     atomic_write_bytes(files["npz"], npz_bytes(prediction, classes))
@@ -116,6 +157,15 @@ def write_case(
             name = safe_name(class_names.get(int(c), f"class_{c}"))
             pngs.append(_rel(write_png(folder / f"{int(c)}_{name}.png", image), seg_dir))
         written["png"] = pngs
+    if organ_masks:
+        stems = organ_stems(classes, class_names)
+        folder = seg_dir / prediction.case
+        paths = write_organ_masks(prediction.label, volume, stems, folder)
+        written["organ_masks"] = [_rel(p, seg_dir) for p in paths]
+    if dicom_seg:
+        seg_file = _write_dicom_seg(prediction, volume, seg_dir, class_names)
+        if seg_file is not None:
+            written["dicom_seg"] = _rel(seg_file, seg_dir)
     # the label map last: its presence (with run.json) marks a finished case
     write_mask(prediction.label, like=volume, path=files["nifti"])
     written["nifti"] = _rel(files["nifti"], seg_dir)

@@ -29,6 +29,7 @@ name), so results do not depend on the order or the sharding of the query list.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import zlib
@@ -43,8 +44,9 @@ from tqdm import tqdm
 
 from medlsam.boxes import Box3D, OrganBoxes
 from medlsam.config import Config, check_case_names
+from medlsam.dicom_seg import check_available as check_dicom_seg
 from medlsam.errors import ConfigError, InputError
-from medlsam.io import Volume, case_name, read_image, read_label, same_grid
+from medlsam.io import Volume, label_on_image_grid, read_image, read_label
 from medlsam.pipeline.loop import run_cases
 from medlsam.pipeline.outputs import outputs_complete, write_case
 from medlsam.pipeline.record import RunRecord, run_header
@@ -144,11 +146,8 @@ def run_case(
     needs_labels = boxes_from_labels or cfg.run.use_gt_slice_threshold
     if needs_labels and reference is None:
         raise InputError(f"{volume.path}: this mode needs the query's label map")
-    if reference is not None and not same_grid(volume, reference):
-        raise InputError(
-            f"{reference.path}: label grid {reference.shape} does not match its image "
-            f"{volume.path} {volume.shape}"
-        )
+    if reference is not None:  # the same grid, or its axes flipped/permuted: reoriented
+        reference = label_on_image_grid(reference, volume)
     began = time.perf_counter()
     if boxes_from_labels:
         assert reference is not None
@@ -224,11 +223,11 @@ class _Run:
 def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
     """Read, localize, segment and write query ``n``; returns its ``run.json`` entry."""
     cfg, data = job.cfg, job.cfg.data
-    case = case_name(data.query_images[n])
+    case = data.query_cases[n]
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     bar.set_postfix_str(f"{case}: read")
-    volume = read_image(data.query_images[n])
+    volume = dataclasses.replace(read_image(data.query_images[n]), case=case)
     reference = None
     if job.boxes_from_labels or cfg.run.use_gt_slice_threshold:
         reference = read_label(data.query_labels[n])  # type: ignore[index]
@@ -249,7 +248,15 @@ def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
     t = time.perf_counter()
     classes = [int(c) for c in data.fg_class]
     outputs = write_case(
-        pred, volume, job.seg_dir, job.png_dir, classes, data.class_names, job.extra
+        pred,
+        volume,
+        job.seg_dir,
+        job.png_dir,
+        classes,
+        data.class_names,
+        job.extra,
+        organ_masks=cfg.run.organ_masks,
+        dicom_seg=cfg.run.dicom_seg,
     )
     seconds["write"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - began
@@ -304,6 +311,8 @@ def run(
     if (boxes_from_labels or cfg.run.use_gt_slice_threshold) and data.query_labels is None:
         why = "--boxes-from-labels" if boxes_from_labels else "[run] use_gt_slice_threshold"
         raise ConfigError(f"{cfg.path}: {why} needs [data] query_label_ls (the query labels)")
+    if cfg.run.dicom_seg:
+        check_dicom_seg()  # highdicom missing: one line before any case
     device = resolve_device(device)
     seg_dir, png_dir = output_folders(cfg, Path(output) if output else None, boxes_from_labels)
     check_writable(seg_dir)
@@ -329,7 +338,7 @@ def run(
     )
     for n in mine:
         case = cases[n]
-        if overwrite or not outputs_complete(seg_dir, case):
+        if overwrite or not outputs_complete(seg_dir, case, cfg.run.organ_masks):
             continue
         if not record.is_ok(case) and case in others:
             record.cases[case] = others[case]  # done by another shard layout or run

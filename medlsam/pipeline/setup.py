@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from medlsam.config import Config
-from medlsam.errors import ConfigError, InputError, OutputError
-from medlsam.io import Volume, read_image, read_label, same_grid
+from medlsam.errors import ConfigError, OutputError
+from medlsam.io import Volume, label_on_image_grid, read_image, read_label
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,8 @@ def read_supports(cfg: Config) -> Iterator[tuple[Volume, Volume]]:
     if not data.support_images:
         raise ConfigError(f"{cfg.path}: [data] support_image_ls is needed for this run")
     for image_path, label_path in zip(data.support_images, data.support_labels, strict=True):
-        image, label = read_image(image_path), read_label(label_path)
-        if not same_grid(image, label):
-            raise InputError(
-                f"{label_path}: label grid {label.shape} does not match its image "
-                f"{image_path} {image.shape}"
-            )
-        yield image, label
+        image = read_image(image_path)
+        yield image, label_on_image_grid(read_label(label_path), image)
 
 
 def supports_loader(

@@ -43,7 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from medlsam.errors import InputError
-from medlsam.io import Volume, same_grid
+from medlsam.io import Volume, label_on_image_grid
 from medlsam.preprocess import slice_2d, slice_frame
 from medlsam.segment.base import SegmenterStats, SliceRequest, SliceResult, to_slice_boxes
 
@@ -207,11 +207,7 @@ class ClassicSegmenter:
             raise InputError("classic segmenter: no support scans to learn organ intensities from")
         prepared = []
         for image, label in supports:
-            if not same_grid(image, label):
-                raise InputError(
-                    f"{label.path}: label grid {label.shape} does not match its image "
-                    f"{image.path} {image.shape}"
-                )
+            label = label_on_image_grid(label, image)  # flipped/permuted: reoriented
             axis = image.slice_axis()
             prepared.append((smooth_in_plane(image.data, axis), label.data, image.spacing, axis))
         models = {}

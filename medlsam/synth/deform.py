@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medlsam.errors import InputError
-from medlsam.io import Volume, read_image, read_label, same_grid
+from medlsam.io import Volume, label_on_image_grid, read_image, read_label
 from medlsam.synth.cohort import (
     DEFAULT_ORIENTATIONS,
     Cohort,
@@ -161,13 +161,7 @@ def load_source(
 ) -> tuple[Volume, Volume]:
     """Read the source CT and its label map and check that they share one grid."""
     image = read_image(image_path)
-    label = read_label(label_path)
-    if not same_grid(image, label):
-        raise InputError(
-            f"{label_path}: label grid {label.shape} {label.axcodes} does not match the image "
-            f"{image_path} grid {image.shape} {image.axcodes}; expected the same shape and affine"
-        )
-    return image, label
+    return image, label_on_image_grid(read_label(label_path), image)
 
 
 def make_cohort_from(

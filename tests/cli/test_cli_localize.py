@@ -86,11 +86,11 @@ def test_writes_boxes_and_published_iou_table(cohort, capsys):
                 assert all(0 <= a <= b < s for a, b, s in zip(box["min"], box["max"], (40, 36, 24)))
                 assert len(box["min_mm"]) == 3
     iou = (root / "out" / "iou.txt").read_text().splitlines()
-    assert re.fullmatch(r"MedSAM IOU for class 1: \d\.\d{3} \+- \d\.\d{3}", iou[0])
-    assert iou[1].startswith("MedSAM IOU for class 2: ")
+    assert re.fullmatch(r"MedLAM box IoU for class 1: \d\.\d{3} \+- \d\.\d{3}", iou[0])
+    assert iou[1].startswith("MedLAM box IoU for class 2: ")
     assert any("class 2" in line and "1 absent" in line for line in iou)
     wd = (root / "out" / "wd.txt").read_text().splitlines()
-    assert re.fullmatch(r"MedSAM WD for class 1: \d+\.\d{3} \+- \d+\.\d{3}", wd[0])
+    assert re.fullmatch(r"MedLAM box WD \(mm\) for class 1: \d+\.\d{3} \+- \d+\.\d{3}", wd[0])
     metrics = json.loads((root / "out" / "box_metrics.json").read_text())
     assert metrics["summary"]["2"]["cases"] == 2
     assert metrics["summary"]["2"]["absent"] + metrics["summary"]["2"]["false_positive"] == 1
@@ -111,7 +111,7 @@ def test_prototypes_alone_give_the_same_boxes(cohort, capsys):
         first = json.loads((root / "out" / f"{case}.boxes.json").read_text())
         second = json.loads((root / "out2" / f"{case}.boxes.json").read_text())
         assert first["classes"] == second["classes"]
-    assert "MedSAM IOU for class 1" in capsys.readouterr().out
+    assert "MedLAM box IoU for class 1" in capsys.readouterr().out
 
 
 def test_failing_query_is_reported_and_the_rest_go_on(cohort, capsys):

@@ -66,10 +66,10 @@ def test_statuses_and_summary():
     assert math.isnan(summary[2]["iou_mean"])
     iou_text, wd_text = report_text(summary)
     assert iou_text.splitlines()[:2] == [
-        "MedSAM IOU for class 1: 0.500 +- 0.500",
-        "MedSAM IOU for class 2: nan +- nan",
+        "MedLAM box IoU for class 1: 0.500 +- 0.500",
+        "MedLAM box IoU for class 2: nan +- nan",
     ]
-    assert wd_text.startswith("MedSAM WD for class 1: 0.000 +- 0.000")
+    assert wd_text.startswith("MedLAM box WD (mm) for class 1: 0.000 +- 0.000")
 
 
 def test_reports_are_written(tmp_path):

@@ -63,7 +63,7 @@ def test_empty_prediction_lowers_mean_and_absent_is_excluded(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     from medlsam.io import read_path_list
 
-    result = evaluate(pred_dir, read_path_list(list_file), classes=[1, 2, 3])
+    result = evaluate(pred_dir, read_path_list(list_file), classes=[1, 2, 3], skip_missing=True)
     c = result.summary["classes"]
     # organ 1: case a DSC 1, case b empty prediction DSC 0 -> mean 0.5, std 0.5 (population)
     assert (c["1"]["n"], c["1"]["dsc"]["mean"], c["1"]["dsc"]["std"]) == (2, 0.5, 0.5)
@@ -80,15 +80,19 @@ def test_empty_prediction_lowers_mean_and_absent_is_excluded(tmp_path, caplog):
     text = caplog.text
     assert "no prediction" in text and "c" in text and "have no label" in text
 
-    published = evaluate(pred_dir, read_path_list(list_file), [1, 2, 3], published_averages=True)
+    assert "--skip-missing" in text and "biased upward" in text
+    published = evaluate(
+        pred_dir, read_path_list(list_file), [1, 2, 3], published_averages=True, skip_missing=True
+    )
     p1 = published.summary["classes"]["1"]
     assert (p1["n"], p1["dsc"]["mean"], p1["dropped"]) == (1, 1.0, 1)
     assert "biases DSC upward" in caplog.text
 
-    as_empty = evaluate(pred_dir, read_path_list(list_file), [1, 2, 3], missing_as_empty=True)
+    as_empty = evaluate(pred_dir, read_path_list(list_file), [1, 2, 3])  # the default
     e1 = as_empty.summary["classes"]["1"]
-    assert (e1["n"], e1["empty_prediction"]) == (3, 2)
+    assert (e1["n"], e1["empty_prediction"], e1["missing_prediction"]) == (3, 1, 1)
     assert e1["dsc"]["mean"] == pytest.approx(1 / 3)
+    assert as_empty.summary["excluded"]["missing_predictions"] == 0
 
 
 def test_false_positive_and_classes_found_automatically(tmp_path):
@@ -217,10 +221,12 @@ def test_cli_writes_every_output(tmp_path, capsys):
             "pooled",
             "--tolerance",
             "1.5",
+            "--skip-missing",
         ]
     )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
+    assert "--skip-missing" in captured.err and "biased upward" in captured.err
     assert "| 1 | class_1 | 2 | 0.500 ± 0.500 |" in captured.out
     assert "mean over organs" in captured.out and "labels without prediction: 1 (c)" in captured.out
     summary = json.loads((out / "summary.json").read_text())
@@ -240,6 +246,26 @@ def test_cli_writes_every_output(tmp_path, capsys):
     assert statuses[("c", "")] == "missing_prediction" and statuses[("z", "")] == "missing_label"
     image = _read_png(out / "boxplot_dsc.png")
     assert image.shape[0] > 100 and (image != 255).any()
+
+
+def test_cli_counts_a_missing_prediction_as_empty_in_its_own_column(tmp_path, capsys):
+    pred_dir, list_file = _cohort(tmp_path)
+    out = tmp_path / "out"
+    args = ["--pred", str(pred_dir), "--labels", str(list_file), "--classes", "1,2,3"]
+    assert main([*args, "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    head = next(line for line in captured.out.splitlines() if line.startswith("| id "))
+    column = [c.strip() for c in head.split("|")].index("no pred file")
+    row = next(line for line in captured.out.splitlines() if line.startswith("| 1 |"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[3] == "3" and cells[4].startswith("0.333") and cells[column] == "1"
+    assert "scored as empty predictions" in captured.err
+    rows = list(csv.DictReader((out / "per_case.csv").open()))
+    statuses = {(r["case"], r["class_id"]): r["status"] for r in rows}
+    assert statuses[("c", "1")] == "missing_prediction" and statuses[("c", "2")] == (
+        "missing_prediction"
+    )
+    assert ("c", "") not in statuses  # scored, so not listed as an unscored case
 
 
 def test_cli_config_mode_uses_names_and_seg_save_path(tmp_path, capsys):
@@ -306,7 +332,8 @@ def test_compare_two_runs_side_by_side(tmp_path, capsys):
     header = table.splitlines()[0]
     assert "DSC sam" in header and "DSC medsam" in header
     row1 = next(line for line in table.splitlines() if line.startswith("| 1 |"))
-    assert "0.500 ± 0.500" in row1 and "1.000 ± 0.000" in row1
+    # run 1: DSC 1 (a), 0 (b: empty), 0 (c: no prediction file) -> 1/3 ± sqrt(2)/3
+    assert "0.333 ± 0.471" in row1 and "1.000 ± 0.000" in row1
     assert main(["--compare", str(tmp_path / "missing")]) == InputError.exit_code
 
 

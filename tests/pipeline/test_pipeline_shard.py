@@ -211,7 +211,8 @@ def test_eval_scores_the_union_of_shard_folders(tmp_path, capsys, kit, single):
     assert union["classes"] == whole["classes"] and union["mean"] == whole["mean"]
     capsys.readouterr()
     half = evaluate(parts[0], output=tmp_path / "half")  # one shard alone
-    assert half["n_cases"] == 2 and half["missing_predictions"] == ["query_1"]
+    assert half["missing_predictions"] == ["query_1"]  # scored as empty (DSC 0), and shown
+    assert half["n_cases"] == 3 and sum(c["missing_prediction"] for c in half["classes"].values())
     assert "shard record(s) 2 of 2 missing" in capsys.readouterr().err
 
 
