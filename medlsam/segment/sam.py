@@ -156,8 +156,9 @@ class SamSegmenter:
         workers: threads preparing slice images ahead of the encoder (default 4 on CUDA, 1).
         checkpoint_sha256: recorded in ``run.json``.
         zero_raw_zero: force voxels of exactly 0 HU to black, as the published code does.
-        engine: how the image encoder runs on the CPU (``[run] engine``: ``auto``, ``torch``,
-            ``onnxruntime``, ``openvino``; see :mod:`medlsam.engine`); CUDA always runs PyTorch.
+        engine: how the image encoder runs on the CPU (``[run] engine``: ``torch`` or ``auto``
+            run PyTorch, ``onnxruntime`` or ``openvino`` an exported graph; see
+            :mod:`medlsam.engine`); CUDA always runs PyTorch.
         export_cache: where exported encoders are kept (default: the user cache folder).
     """
 
@@ -203,7 +204,9 @@ class SamSegmenter:
         self.zero_raw_zero = zero_raw_zero
         self.stats = SegmenterStats()
         self._lock = threading.Lock()
-        self.engine = resolve_engine(engine, self.device)
+        # ``auto`` keeps the fused PyTorch encoder: exporting ViT-B at 1024^2 to ONNX took more
+        # than 8.5 GB RSS here (killed), over the 6 GB a default run may use
+        self.engine = "torch" if engine == "auto" else resolve_engine(engine, self.device)
         self.encoder = (
             self.model.image_encoder
             if self.engine == "torch"

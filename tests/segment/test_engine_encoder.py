@@ -49,7 +49,7 @@ def test_masks_on_the_real_ct(engine, pixels, tmp_path, one_thread):
 def test_cuda_and_torch_engines_run_pytorch():
     sam = tiny_sam()
     assert SamSegmenter(sam, engine="torch").engine == "torch"
-    assert SamSegmenter(sam, engine="auto").engine in ("torch", *ENGINES)
+    assert SamSegmenter(sam, engine="auto").engine == "torch"  # the export needs > 6 GB
     if torch.cuda.is_available():
         seg = SamSegmenter(tiny_sam(), device="cuda", engine="openvino")
         assert seg.engine == "torch" and seg.encoder is seg.model.image_encoder
