@@ -82,17 +82,33 @@ class OrganBoxes:
 
     Attributes:
         class_id: the label id of the organ.
-        boxes: one box (WPL) or the SPL sub-boxes in order along the slice axis, already clipped
-            to the image; empty when the organ lies outside the image.
+        boxes: one box (WPL) or the SPL sub-boxes (in order along the slice axis; in the
+            published part order with ``reproduce = published``), already clipped to the image;
+            empty when the organ lies outside the image.
         extreme_points: ``(n_boxes, 6, 3)`` float, the predicted extreme points in the query
             file's ``(i, j, k)`` voxel indices (before clipping).
         inside: False when the predicted organ lies entirely outside the query's field of view.
+        raw_boxes: the same boxes before clipping, one per entry of ``boxes`` (rounded
+            predicted corners, possibly outside the image); empty means "as ``boxes``".
     """
 
     class_id: int
     boxes: tuple[Box3D, ...]
     extreme_points: np.ndarray = field(repr=False)
     inside: bool = True
+    raw_boxes: tuple[Box3D, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.raw_boxes and len(self.raw_boxes) != len(self.boxes):
+            raise ValueError(
+                f"organ {self.class_id}: {len(self.raw_boxes)} raw boxes for "
+                f"{len(self.boxes)} boxes"
+            )
+
+    @property
+    def unclipped(self) -> tuple[Box3D, ...]:
+        """The boxes before clipping (``raw_boxes``, or ``boxes`` when none were given)."""
+        return self.raw_boxes or self.boxes
 
 
 def boxes_json(
@@ -105,16 +121,25 @@ def boxes_json(
     """The ``<case>.boxes.json`` document.
 
     Shape: ``{"case", "image", "classes": {"<id>": {"boxes": [{"min", "max", "min_mm",
-    "max_mm"}], "extreme_points": [...], "inside": bool}}}``; ``min``/``max`` are inclusive
-    voxel indices ``(i, j, k)`` of the image file; ``*_mm`` are world RAS+ millimetres.
+    "max_mm", "min_raw", "max_raw"}], "extreme_points": [...], "inside": bool}}}``;
+    ``min``/``max`` are inclusive voxel indices ``(i, j, k)`` of the image file, clipped to the
+    image; ``min_raw``/``max_raw`` the same corners before clipping (they can lie outside the
+    image); ``*_mm`` are world RAS+ millimetres of ``min``/``max``.
     """
     classes: dict[str, dict] = {}
     for organ in organs:
         entries = []
-        for box in organ.boxes:
+        for box, raw in zip(organ.boxes, organ.unclipped, strict=True):
             lo_mm, hi_mm = box.to_mm(affine)
             entries.append(
-                {"min": list(box.lo), "max": list(box.hi), "min_mm": lo_mm, "max_mm": hi_mm}
+                {
+                    "min": list(box.lo),
+                    "max": list(box.hi),
+                    "min_mm": lo_mm,
+                    "max_mm": hi_mm,
+                    "min_raw": list(raw.lo),
+                    "max_raw": list(raw.hi),
+                }
             )
         classes[str(organ.class_id)] = {
             "boxes": entries,

@@ -20,7 +20,9 @@ slice resized to 1024x1024 (order-2 spline on pixel centres, as ``skimage.transf
 does) and replicated to 3 channels. Departures: values are clipped to [0, 255] before the
 uint8 cast (the published cast wraps overshoot around), and voxels whose raw value is exactly 0
 HU keep their window value (the published code forces them to black; ``zero_raw_zero=True``
-restores that).
+restores that). :func:`sam_window_published` is the published window exactly (``[run]
+reproduce = published``): 0 HU black and an int32 truncation before the resize, which
+:func:`sam_slice` then does in float64 as scikit-image does.
 
 2D slice convention: the slice of a volume along axis ``a`` is returned with rows along the
 larger remaining axis and columns along the smaller one; for the usual ``a = 2`` this is
@@ -132,10 +134,18 @@ def medlam_image(volume: Volume, interpolation: str = "spline") -> MedlamInput:
 
     Args:
         volume: CT in Hounsfield units.
-        interpolation: ``"spline"`` (default, the published cubic spline) or ``"linear"``.
+        interpolation: ``"spline"`` (default, the published cubic spline on float32),
+            ``"linear"``, or ``"published"``: the cubic spline on float64 with the published
+            float32 ``zoom_factor`` (spacing / 3), which also sets the output shape.
     """
     las, spacing, index_map, out_shape = _grid(volume)
-    if out_shape == las.shape:
+    if interpolation == "published":
+        zoom = np.asarray(spacing, dtype=np.float32) / np.float32(MEDLAM_SPACING)
+        if np.all(zoom == 1):
+            resampled = np.asarray(las, dtype=np.float32)
+        else:
+            resampled = ndimage.zoom(np.asarray(las, dtype=np.float64), zoom, order=3)
+    elif out_shape == las.shape:
         resampled = np.asarray(las, dtype=np.float32)
     elif interpolation == "linear":
         resampled = resample_linear(las, out_shape)
@@ -143,7 +153,9 @@ def medlam_image(volume: Volume, interpolation: str = "spline") -> MedlamInput:
         zoom = [o / i for o, i in zip(out_shape, las.shape)]
         resampled = ndimage.zoom(np.asarray(las, dtype=np.float32), zoom, order=3)
     else:
-        raise ValueError(f"interpolation must be 'linear' or 'spline', not {interpolation!r}")
+        raise ValueError(
+            f"interpolation must be 'spline', 'linear' or 'published', not {interpolation!r}"
+        )
     return MedlamInput(
         array=hu_to_medlam(resampled),
         las_shape=tuple(int(s) for s in las.shape),  # type: ignore[arg-type]
@@ -226,6 +238,23 @@ def sam_window(data: np.ndarray, zero_raw_zero: bool = False) -> np.ndarray:
     return scaled
 
 
+def sam_window_published(
+    data: np.ndarray, lo: float | None = None, hi: float | None = None
+) -> np.ndarray:
+    """The published SAM window (``reproduce = published``): int32, same shape as ``data``.
+
+    Clip to [-500, 1000] HU, ``(x - lo) / (hi - lo) * 255`` in float64 with ``lo``/``hi`` the
+    clipped VOLUME's minimum and maximum (pass them when ``data`` is one slice), voxels whose raw
+    value is exactly 0 set to 0, then cast to int32 (truncation) before any resizing.
+    """
+    clipped = np.clip(np.asarray(data, dtype=np.float64), *SAM_WINDOW)
+    lo = float(clipped.min()) if lo is None else float(lo)
+    hi = float(clipped.max()) if hi is None else float(hi)
+    scaled = (clipped - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(clipped)
+    scaled[np.asarray(data) == 0] = 0
+    return scaled.astype(np.int32)
+
+
 def slice_2d(data: np.ndarray, axis: int, index: int) -> np.ndarray:
     """The 2D slice ``index`` along ``axis`` as ``(H, W)``; see the module docstring for axes."""
     plane = np.take(data, index, axis=axis)
@@ -244,9 +273,13 @@ def sam_slice(window_slice: np.ndarray, size: int = SAM_SIZE) -> np.ndarray:
     This is ``skimage.transform.resize(order=2, mode="constant", anti_aliasing=True,
     preserve_range=True)`` as the published code calls it (pixel centres aligned, a Gaussian
     anti-aliasing filter with sigma ``(factor - 1) / 2`` when shrinking, output clipped to the
-    input's range), written with scipy so scikit-image is not needed.
+    input's range), written with scipy so scikit-image is not needed. Integer and float64
+    slices are resized in float64, as scikit-image does (the published int32 window gives the
+    published pixels exactly); float32 slices in float32.
     """
-    img = np.asarray(window_slice, dtype=np.float32)
+    img = np.asarray(window_slice)
+    exact = img.dtype == np.float64 or img.dtype.kind in "iu"
+    img = img.astype(np.float64 if exact else np.float32, copy=False)
     lo, hi = float(img.min()), float(img.max())
     factors = np.array(img.shape, dtype=np.float64) / size
     sigma = np.maximum(0.0, (factors - 1) / 2)

@@ -1,7 +1,7 @@
 """The published checkpoints medlsam can use, and the demo checkpoint it ships.
 
 :data:`REGISTRY` names each published checkpoint with what is known of it: file name, size,
-sha256 (``None`` where medlsam knows no checksum: never guessed), where it comes from, its
+sha256 (``None`` where medlsam has no verified checksum: never guessed), where it comes from, its
 licence and where medlsam's configs expect it. ``medlsam-weights`` lists and fetches them
 (:mod:`medlsam.download`); nothing else in medlsam ever downloads.
 

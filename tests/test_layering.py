@@ -2,7 +2,7 @@
 
 Core modules (``medlsam/*.py``) rank among themselves:
 errors/organs -> volume -> io -> ini/weights -> config -> boxes/png/records/download/dicom_seg
--> preprocess/checkpoint/boxplot/export_cache -> engine.
+-> preprocess/checkpoint/export_cache -> engine.
 Above the core, stage packages: localization and segment (beside each other) and evaluation
 (reads files only: never a model, never torch) -> train -> pipeline -> bench -> cli.
 A module may import modules of a lower rank, or of its own package; a package's
@@ -28,19 +28,18 @@ CORE = {
     "weights": 3,
     "config": 4,
     "boxes": 5,
-    "png": 5,
     "records": 5,
     "download": 5,
     "dicom_seg": 5,
     "preprocess": 6,
     "checkpoint": 6,
-    "boxplot": 6,
     "export_cache": 6,
     "engine": 7,
 }
 
 #: subpackages (every module inside shares the rank)
 PACKAGES = {
+    "figures": 6,
     "synth": 7,
     "localization": 10,
     "segment": 10,
@@ -68,6 +67,7 @@ TORCH_FREE = {
     "dicom_seg",
     "preprocess",
     "evaluation",
+    "figures",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ORIENTATIONS, ct_testdata_path, make_ct, reorient
+from conftest import ORIENTATIONS, ROOT, ct_testdata_path, make_ct, reorient
 from scipy import ndimage
 
 from medlsam import io
@@ -138,3 +138,34 @@ def test_slice_frame_matches_simpleitk_convention():
     assert sl.shape == (5, 4)  # rows follow j, columns follow i
     assert sl[2, 1] == data[1, 2, 3]
     assert pp.slice_frame(data.shape, 2) == (1, 0)
+
+
+def test_published_sam_slice_equals_the_published_pixels():
+    """The published SAM input of slice k = 90 of the shared CT (../shared/parity), made by the
+    published code with scikit-image; medlsam's scipy resize of the published int32 window
+    gives every pixel (0 of 1,048,576 differ)."""
+    ref_path = ROOT.parent / "shared" / "parity" / "reference_sam_slice_example_ct_k90.npz"
+    if not ref_path.is_file():
+        pytest.skip(f"published reference outputs not found at {ref_path.parent}")
+    reference = np.load(ref_path)["slice_1024"]
+    image = io.read_image(ct_testdata_path("totalsegmentator", "example_ct.nii.gz"))
+    window = pp.sam_window_published(image.data)
+    assert window.dtype == np.int32
+    ours = pp.sam_slice(pp.slice_2d(window, 2, 90))
+    assert ours.shape == (1024, 1024, 3)
+    assert int((ours[..., 0] != reference).sum()) == 0
+    assert np.array_equal(ours[..., 0], ours[..., 1]) and np.array_equal(ours[..., 0], ours[..., 2])
+    # one slice windowed with the volume's clipped min/max gives the same pixels
+    lo, hi = (float(np.clip(v, -500, 1000)) for v in (image.data.min(), image.data.max()))
+    plane = pp.sam_window_published(pp.slice_2d(image.data, 2, 90), lo, hi)
+    assert np.array_equal(pp.sam_slice(plane), ours)
+    # medlsam's default window (0 HU kept, no int32 step) is another image
+    default = pp.sam_slice(pp.slice_2d(pp.sam_window(image.data), 2, 90))
+    assert int((default[..., 0] != reference).sum()) > 1000
+
+
+def test_published_sam_window_truncates_and_blacks_out_raw_zero():
+    hu = np.array([[[-1000, -500, 0, 1, 250, 1000]]], dtype=np.float32)
+    out = pp.sam_window_published(hu)
+    # (x + 500) / 1500 * 255 truncated: 1 HU -> 85.17 -> 85; 250 HU -> 127.5 -> 127
+    assert out.tolist() == [[[0, 0, 0, 85, 127, 255]]]

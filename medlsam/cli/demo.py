@@ -10,7 +10,7 @@ with MedLAM, using the small demo checkpoint shipped inside the package
 (``medlsam/data/medlam_demo.pth``, trained by ``scripts/train_demo_checkpoint.sh``); (3) segment
 slice by slice with the weight-free ``classic`` backend; (4) evaluate against the query labels
 (which the method itself never reads) and print the per-organ table and where the label maps,
-PNG overlays and boxes are. About 45 s on two CPU cores (3 queries).
+figures, boxes and the two report.html pages are. About 45 s on two CPU cores (3 queries).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="MedLAM checkpoint (default: the demo one)"
     )
+    parser.add_argument("--no-png", action="store_true", help="write no figure")
     add_common_arguments(parser)
     return parser
 
@@ -134,7 +135,12 @@ def _body(args: argparse.Namespace) -> int:
     cfg = load_config(config_path)
     print(f"[2/4] localize (MedLAM {Path(checkpoint).name}) and [3/4] segment (classic backend)")
     report = run(
-        cfg, device=args.device, overwrite=True, progress=not args.quiet, raise_errors=args.debug
+        cfg,
+        device=args.device,
+        overwrite=True,
+        progress=not args.quiet,
+        raise_errors=args.debug,
+        figures=not args.no_png,
     )
     print("[4/4] evaluate against the query labels")
     result = evaluate(
@@ -143,14 +149,16 @@ def _body(args: argparse.Namespace) -> int:
         classes=cfg.data.fg_class,
         class_names=dict(cfg.data.class_names),
     )
-    written = result.write(out / "eval")
+    written = result.write(out / "eval", figures=not args.no_png)
     print()
     print(result.table())
     print()
     print(f"label maps:  {report.output}/<case>.nii.gz  ({len(report.ok)} queries)")
     print(f"boxes:       {report.output}/<case>.boxes.json")
-    print(f"PNGs:        {cfg.data.seg_png_save_path}/<case>/")
+    if not args.no_png:
+        print(f"figures:     {cfg.data.seg_png_save_path}/<case>/, {out / 'eval' / 'figures'}/")
     print(f"evaluation:  {written.get('summary', out / 'eval')}")
+    print(f"reports:     {written['report']} (open in a browser), {report.output}/report.html")
     print(f"config:      {config_path}")
     print(f"done in {time.perf_counter() - began:.0f} s")
     if report.failed:

@@ -4,7 +4,7 @@ Usage::
 
     medlsam-eval --config test_word.txt [--output DIR]
     medlsam-eval --pred DIR --labels LIST.txt [--classes 1,2,3] [--output DIR]
-    medlsam-eval --compare RUN1 RUN2 ...
+    medlsam-eval --compare RUN1 RUN2 ... [--output DIR]
 
 With ``--config``, predictions are read from ``[data] seg_save_path``, references from
 ``query_label_ls`` (each matched to the case named by its query image), classes from
@@ -16,6 +16,11 @@ folder holding several shards' outputs needs nothing special). A case whose pred
 boxes file is corrupt or on another grid is not scored: it is listed under the table, in
 ``summary.json`` (``failed_cases``) and on stderr, the others are scored, and the exit code
 is 1. A reference label map that cannot be read stops the evaluation (exit code 3).
+
+Besides the tables, the output folder gets box plots per metric, one overview figure per case
+with the reference outlines (``figures/<case>.png``; needs the case's CT: the config's query
+image, or the image named in the prediction folder's ``run.json``) and ``report.html``, one
+page to read the whole evaluation. ``--no-png`` skips the figures.
 """
 
 from __future__ import annotations
@@ -125,12 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="processes reading and scoring cases in parallel (default 1)",
     )
+    opts.add_argument(
+        "--no-png",
+        action="store_true",
+        help="write no figure (box plots, case overviews); report.html is still written",
+    )
     parser.add_argument(
         "--compare",
         type=Path,
         nargs="+",
         metavar="DIR",
-        help="print the summaries of several evaluated runs side by side and exit",
+        help="print the summaries of several evaluated runs side by side and, with --output, "
+        "draw them side by side per organ (compare_<metric>.png), then exit",
     )
     add_common_arguments(parser)
     return parser
@@ -147,6 +158,7 @@ def _labels_from_config(args: argparse.Namespace):
             "the query label maps (or use --pred DIR --labels LIST.txt)"
         )
     labels = dict(zip(check_case_names(config), data.query_labels, strict=True))
+    images = dict(zip(check_case_names(config), data.query_images, strict=True))
     missing = [str(p) for p in labels.values() if not p.exists()]
     if missing:
         raise InputError(
@@ -155,7 +167,7 @@ def _labels_from_config(args: argparse.Namespace):
         )
     pred = args.pred or [data.seg_save_path]
     classes = args.classes or data.fg_class
-    return pred, labels, classes, dict(data.class_names)
+    return pred, labels, classes, dict(data.class_names), images
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -171,19 +183,29 @@ def _body(args: argparse.Namespace) -> int:
                 "--config, --pred or --labels"
             )
         print(eval_report.compare(args.compare))
+        if args.output is not None and not args.no_png:
+            from medlsam.evaluation.figures import write_compare
+
+            folders = [Path(d) for d in args.compare]
+            summaries = [eval_report.load_summary(d) for d in folders]
+            names = eval_report.run_names(folders)
+            written = write_compare(args.output, folders, names, summaries)
+            print(f"\nwritten: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
+        elif args.output is None:
+            print("(give --output DIR to draw the runs side by side per organ)", file=sys.stderr)
         return 0
     if args.config is not None:
         if args.labels is not None:
             raise InputError(
                 "give either --config or --labels, not both (the config names the query labels)"
             )
-        pred, labels, classes, names = _labels_from_config(args)
+        pred, labels, classes, names, images = _labels_from_config(args)
     elif args.pred is not None and args.labels is not None:
         if args.labels.is_dir():
             labels = label_folder(args.labels)
         else:
             labels = labels_by_case(read_path_list(args.labels), source=args.labels)
-        pred, classes, names = args.pred, args.classes, {}
+        pred, classes, names, images = args.pred, args.classes, {}, None
     else:
         raise InputError(
             "nothing to evaluate: give --config X.txt, or --pred DIR --labels "
@@ -204,8 +226,9 @@ def _body(args: argparse.Namespace) -> int:
         boxes_dir=args.boxes,
         skip_missing=args.skip_missing,
         workers=args.workers,
+        images=images,
     )
-    written = result.write(args.output or pred[0])
+    written = result.write(args.output or pred[0], figures=not args.no_png)
     print(result.table())
     print(f"\nwritten: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
     failed = result.summary.get("failed_cases") or {}

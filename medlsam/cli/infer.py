@@ -9,8 +9,9 @@ Usage::
 
 Writes, per query ``<case>``, under ``--output`` (default ``[data] seg_save_path``):
 ``<case>.nii.gz`` (label map on the query's grid), ``<case>.npz`` (label map, per-slice boxes
-and SAM predicted IoUs), ``<case>.boxes.json`` (3D boxes), PNG overlays under ``png/<case>/`` (or
-``[data] seg_png_save_path/<case>/`` without ``--output``) and one ``run.json`` for the run.
+and SAM predicted IoUs), ``<case>.boxes.json`` (3D boxes), figures under ``png/<case>/`` (or
+``[data] seg_png_save_path/<case>/`` without ``--output``; ``--no-png`` skips them), one
+``run.json`` for the run and ``report.html``, a page to look at the whole run.
 Query labels are never read, except by ``--boxes-from-labels`` (the published manual-prompt
 upper bound, written by default beside ``seg_save_path`` with the suffix ``_manual_boxes``)
 and by ``[run] use_gt_slice_threshold = True``.
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only queries K, K+N, K+2N, ... of the list (1 <= K <= N), e.g. "
         "--shard ${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}; not with torchrun",
     )
+    parser.add_argument(
+        "--no-png",
+        action="store_true",
+        help="write no figure (overlays, overviews); report.html is still written",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -116,6 +122,7 @@ def _body(args: argparse.Namespace) -> int:
         boxes_from_labels=args.boxes_from_labels,
         progress=not args.quiet,
         raise_errors=args.debug,
+        figures=not args.no_png,
     )
     env = dist_env()
     if env is not None and env.rank != 0:  # rank 0 prints the whole run's summary

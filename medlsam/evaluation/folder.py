@@ -43,9 +43,11 @@ every average, which biases DSC upward. It exists only to compare with the paper
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import multiprocessing
+import platform
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -54,10 +56,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medlsam.boxplot import write_boxplot
 from medlsam.errors import InputError
+from medlsam.evaluation import figures as eval_figures
 from medlsam.evaluation import metrics
 from medlsam.evaluation import report as eval_report
+from medlsam.evaluation import report_html as eval_html
 from medlsam.evaluation.case import (
     ABSENT,
     EMPTY_PREDICTION,
@@ -85,13 +88,33 @@ class EvalResult:
     scores: list[OrganScore]
     summary: dict
     class_names: dict[int, str] = field(default_factory=dict)
+    #: per scored case, its files: ``image`` (or None), ``prediction``, ``label``, ``boxes``
+    #: and ``inference_figures`` (the PNGs medlsam-infer wrote for it)
+    cases: dict[str, dict] = field(default_factory=dict)
 
-    def write(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``summary.json``, ``per_case.csv``, ``dsc.txt``, ``hd95.txt`` and the box plot."""
-        written = eval_report.write_outputs(out_dir, self.scores, self.summary, self.class_names)
-        groups = eval_report.boxplot_groups(self.scores, self.summary)
-        written["boxplot"] = write_boxplot(
-            Path(out_dir) / "boxplot_dsc.png", groups, "DSC", (0.0, 1.0)
+    def write(self, out_dir: str | Path, figures: bool = True) -> dict[str, Path]:
+        """Write ``summary.json``, ``per_case.csv``, ``dsc.txt``, ``hd95.txt``, the figures
+        (box plots, case overviews; none with ``figures=False``) and ``report.html``.
+
+        The seconds spent on each case's overview go to ``summary["figure_seconds"]``.
+        """
+        out = Path(out_dir)
+        classes = [int(c) for c in self.summary["classes"]]
+        plots: dict[str, Path] = {}
+        done: dict[str, dict] = {}
+        if figures:
+            colors = eval_html.run_colors(self.summary)
+            plots = eval_figures.write_boxplots(out, self.scores, self.summary, colors)
+            names = {int(c): e["name"] for c, e in self.summary["classes"].items()}
+            done = eval_figures.write_case_figures(out, self.cases, classes, names, colors)
+            self.summary["figure_seconds"] = {
+                c: d["seconds"] for c, d in done.items() if "seconds" in d
+            }
+            self.summary["figure_errors"] = {c: d["error"] for c, d in done.items() if "error" in d}
+        written = eval_report.write_outputs(out, self.scores, self.summary, self.class_names)
+        written.update(plots)
+        written["report"] = eval_html.write_eval_report(
+            out, self, list(plots.values()), self.cases, done, _versions()
         )
         return written
 
@@ -109,6 +132,16 @@ class EvalResult:
                 f"- {case}: {reason}\n" for case, reason in lost.items()
             )
         return text
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("medlsam", "numpy", "scipy", "nibabel", "SimpleITK", "monai", "matplotlib"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,6 +242,7 @@ def evaluate(
     boxes_dir: str | Path | None = None,
     skip_missing: bool = False,
     workers: int = 1,
+    images: Mapping[str, Path] | None = None,
 ) -> EvalResult:
     """Score every prediction in ``pred_dir`` against its reference label map.
 
@@ -229,6 +263,8 @@ def evaluate(
         skip_missing: leave a reference without prediction file out of the scores (with a
             warning); by default it is scored as an empty prediction (DSC 0).
         workers: processes reading and scoring cases in parallel.
+        images: ``{case: CT image}`` for the case overviews (default: the image each case's
+            ``run.json`` entry names, where there is one).
 
     A case whose prediction or boxes file is corrupt or on another grid fails alone: it is
     logged, listed in ``summary["failed_cases"]`` (``{case: reason}``) and under the table,
@@ -351,7 +387,22 @@ def evaluate(
     summary["excluded"]["missing_predictions"] = len(missing_pred) if skip_missing else 0
     summary["excluded"]["missing_labels"] = len(missing_label)
     summary["excluded"]["failed_cases"] = len(failed)
-    return EvalResult(scores=scores, summary=summary, class_names=names)
+    files = {job.case: _case_files(job, records.get(job.case, {}), images) for job in jobs}
+    return EvalResult(scores=scores, summary=summary, class_names=names, cases=files)
+
+
+def _case_files(job: CaseJob, record: Mapping, images: Mapping[str, Path] | None) -> dict:
+    """Where a scored case's image, prediction, reference, boxes and inference figures are."""
+    image = (images or {}).get(job.case) or record.get("image")
+    pngs = (record.get("outputs") or {}).get("png") or []
+    folder = job.prediction.parent if job.prediction is not None else None
+    return {
+        "image": Path(image) if image else None,
+        "prediction": job.prediction,
+        "label": job.label,
+        "boxes": job.boxes,
+        "inference_figures": [folder / p for p in pngs] if folder is not None else [],
+    }
 
 
 def _fill_absent(

@@ -10,8 +10,8 @@ Files written to the output folder:
 * ``dsc.txt`` / ``hd95.txt``: the published format (method.md 5.5), one line per class,
   ``DSC for class <k>: <mean:.3f> +- <std:.3f>`` (fractions, population std; ``nan`` when an
   organ has no value);
-* ``boxplot_dsc.png``: per-organ DSC box plot (drawn by :mod:`medlsam.boxplot`, values from
-  :func:`boxplot_groups`).
+* the figures and ``report.html`` (:mod:`medlsam.evaluation.figures`,
+  :mod:`medlsam.evaluation.report_html`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ CSV_FIELDS = (
 )
 
 
-def _pm(stats: dict | None, metric: str, n_expected: int | None = None) -> str:
+def mean_std(stats: dict | None, metric: str, n_expected: int | None = None) -> str:
     if not stats or not stats.get("n"):
         return "–"
     d = _DIGITS[metric]
@@ -89,10 +89,10 @@ def markdown_table(summary: dict) -> str:
             cid,
             e["name"],
             str(n),
-            _pm(e["dsc"], "dsc", n),
-            _pm(e["nsd"], "nsd", n),
-            _pm(e["hd95"], "hd95", n),
-            _pm(e["iou"], "iou"),
+            mean_std(e["dsc"], "dsc", n),
+            mean_std(e["nsd"], "nsd", n),
+            mean_std(e["hd95"], "hd95", n),
+            mean_std(e["iou"], "iou"),
             str(e["absent"]),
             str(e["empty_prediction"]),
             str(e.get("missing_prediction", 0)),
@@ -128,11 +128,11 @@ def markdown_table(summary: dict) -> str:
         total.append(str(ex["dropped"]))
     lines.append("| " + " | ".join(total) + " |")
     lines.append("")
-    lines.append(_footer(summary))
+    lines.append(footer_text(summary))
     return "\n".join(lines)
 
 
-def _footer(summary: dict) -> str:
+def footer_text(summary: dict) -> str:
     settings = summary.get("settings", {})
     miss_p, miss_l = summary.get("missing_predictions", []), summary.get("missing_labels", [])
 
@@ -222,8 +222,7 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write every output file into ``out_dir`` (arguments as :func:`per_case_csv`).
 
-    Returns ``{kind: path}`` for ``summary``, ``per_case``, ``dsc_txt`` and ``hd95_txt`` (the
-    box plot is drawn by :mod:`medlsam.boxplot` from :func:`boxplot_groups`).
+    Returns ``{kind: path}`` for ``summary``, ``per_case``, ``dsc_txt`` and ``hd95_txt``.
     """
     out = Path(out_dir)
     written = {
@@ -235,17 +234,6 @@ def write_outputs(
         "hd95_txt": atomic_write_text(out / "hd95.txt", published_text(summary, "hd95")),
     }
     return written
-
-
-def boxplot_groups(scores: Sequence[Any], summary: dict) -> list[tuple[str, list[float]]]:
-    """Per-organ DSC values that enter the averages, as ``(class id, values)`` pairs."""
-    averaged = {"ok", "empty_prediction", "missing_prediction", "false_positive"}
-    if summary.get("settings", {}).get("averages") == "published":
-        averaged = {"ok"}
-    return [
-        (cid, [s.dsc for s in scores if str(s.class_id) == cid and s.status in averaged])
-        for cid in summary["classes"]
-    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +255,7 @@ def load_summary(path: str | Path) -> dict:
     return summary
 
 
-def _run_names(paths: Sequence[Path]) -> list[str]:
+def run_names(paths: Sequence[Path]) -> list[str]:
     names = [p.name if p.name != "summary.json" else p.parent.name for p in paths]
     if len(set(names)) < len(names):
         names = [f"{p.parent.name}/{n}" for p, n in zip(paths, names, strict=True)]
@@ -289,7 +277,7 @@ def compare(
         raise InputError("--compare needs at least one folder with a summary.json")
     paths = [Path(d) for d in dirs]
     summaries = [load_summary(p) for p in paths]
-    names = _run_names(paths)
+    names = run_names(paths)
     shown = [m for m in metrics if any(s["mean"].get(m) is not None for s in summaries)]
     ids = sorted({cid for s in summaries for cid in s["classes"]}, key=lambda c: (len(c), c))
     head = ["id", "organ"] + [f"{_LABELS[m]} {n}" for m in shown for n in names]
@@ -300,7 +288,7 @@ def compare(
         for m in shown:
             for s in summaries:
                 e = s["classes"].get(cid)
-                row.append("not scored" if e is None else _pm(e[m], m, e["n"]))
+                row.append("not scored" if e is None else mean_std(e[m], m, e["n"]))
         lines.append("| " + " | ".join(row) + " |")
     row = ["", "**mean over organs**"]
     for m in shown:

@@ -33,6 +33,13 @@ patch centre, then one MSS refinement within a 64^3 window (coordinates clamped 
   wrong for permuted axes), and each box is sorted per axis after the mapping;
 * an organ absent from some support scans takes its prototype from the others (warning);
 * the network runs in fp32 on the CPU (autocast fp16 on CUDA), template matching by FFT.
+
+``published=True`` (``[run] reproduce = published``) gives the published code's results
+instead (:mod:`medlsam.localization.published`): start centres from one stream over the query
+list (``starts``), images resampled as published (float64 spline, float32 zoom factors), support
+labels by the published one-hot trilinear resampling, organs whose relative-distance box lies
+outside the image clamped and refined (never reported outside), points mapped back through
+``1 / zoom_factor`` with the published rounding, and SPL sub-boxes in the published part order.
 """
 
 from __future__ import annotations
@@ -66,6 +73,11 @@ from medlsam.localization.prototypes import (
     support_points,
     template_slice,
 )
+from medlsam.localization.published import (
+    PublishedStarts,
+    published_file_points,
+    published_label,
+)
 from medlsam.preprocess import MEDLAM_SPACING, PAD, MedlamInput, medlam_image, medlam_label, pad
 
 logger = logging.getLogger(__name__)
@@ -88,6 +100,9 @@ class Localizer:
         interpolation: image resampling to 3 mm, ``"spline"`` (published) or ``"linear"``.
         rdr_steps: relative-distance steps per query (1 = published; see the module docstring).
         mss_share_mm: grid pitch of shared MSS patches (0 = published; module docstring).
+        published: reproduce the published code's results (module docstring).
+        starts: the published start-centre stream (``published`` only; default: one stream
+            seeded with ``seed``, continued over every query predicted).
     """
 
     def __init__(
@@ -102,6 +117,8 @@ class Localizer:
         interpolation: str = "spline",
         rdr_steps: int = 1,
         mss_share_mm: float = 0.0,
+        published: bool = False,
+        starts: PublishedStarts | None = None,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
@@ -121,6 +138,12 @@ class Localizer:
         if not mss_share_mm >= 0:
             raise ValueError(f"mss_share_mm must be >= 0, got {mss_share_mm}")
         self.mss_share_mm = float(mss_share_mm)
+        self.published = bool(published)
+        if self.published:
+            self.interpolation = "published"
+        self.starts = starts if starts is not None else PublishedStarts(self.seed)
+        #: start centres of the last query (padded 3 mm grid), for inspection
+        self.last_start_centres: np.ndarray | None = None
         self.prototypes: Prototypes | None = None
         self.stats: dict[str, float] = {"forward_passes": 0, "patches": 0, "forward_seconds": 0.0}
         self._fingerprint: str | None = None
@@ -181,7 +204,8 @@ class Localizer:
         for image, label in supports:
             label = label_on_image_grid(label, image)  # flipped/permuted: reoriented
             grid = medlam_image(image, self.interpolation)
-            prepared.append((image.name, pad(grid.array), pad(medlam_label(label, classes, grid))))
+            lab = published_label(label) if self.published else medlam_label(label, classes, grid)
+            prepared.append((image.name, pad(grid.array), pad(lab)))
             del image, label, grid
         if not prepared:
             raise InputError("no support scans given (need support images and labels)")
@@ -238,8 +262,13 @@ class Localizer:
             feature_scales=self.feature_scales,
             checkpoint_sha256=self.fingerprint,
             base_chns=int(getattr(self.model, "base_chns", 0)),
+            meta={"label_resampling": self._label_resampling},
         )
         return self.prototypes
+
+    @property
+    def _label_resampling(self) -> str:
+        return "published" if self.published else "medlsam"
 
     def _support_features(
         self, padded: np.ndarray, points: np.ndarray
@@ -273,6 +302,13 @@ class Localizer:
             self.slice_interval,
             self.feature_scales,
         )
+        made = protos.meta.get("label_resampling", "medlsam")
+        if made != self._label_resampling:
+            raise InputError(
+                f"{path}: prototypes were made with the {made} support-label resampling, not "
+                f"the {self._label_resampling} one this run uses ([run] reproduce); rebuild "
+                "them from the support scans"
+            )
         if classes is not None:
             protos.classes = {int(c): protos.classes[int(c)] for c in classes}
         self.prototypes = protos
@@ -295,40 +331,50 @@ class Localizer:
             ``extreme_points`` ``(groups, 6, 3)`` in the same frame (unclipped).
         """
         grid = medlam_image(volume, self.interpolation)
-        located = self.locate(grid)
+        located = self.locate(grid, volume.path)
+        to_file = (
+            (lambda zyx: published_file_points(grid, zyx)) if self.published else grid.to_file_index
+        )
         slice_axis = volume.slice_axis()
         result = {}
         for c, (points, inside) in located.items():
             groups = []
             for group in points:
-                lo, hi = group_box(group)
-                corners = grid.to_file_index(np.stack([lo, hi]))
+                corners = to_file(np.stack(group_box(group)))
                 box = Box3D(
                     tuple(np.rint(corners.min(axis=0)).astype(int).tolist()),  # type: ignore[arg-type]
                     tuple(np.rint(corners.max(axis=0)).astype(int).tolist()),  # type: ignore[arg-type]
                 )
-                groups.append((box, grid.to_file_index(group)))
-            groups.sort(key=lambda g: g[0].lo[slice_axis])
-            clipped = [g[0].clip(volume.shape) for g in groups] if inside else []
-            boxes = tuple(b for b in clipped if b is not None)
+                groups.append((box, to_file(group)))
+            if not self.published:  # the published code keeps its part order
+                groups.sort(key=lambda g: g[0].lo[slice_axis])
+            kept = [(g[0], g[0].clip(volume.shape)) for g in groups] if inside else []
+            kept = [(raw, box) for raw, box in kept if box is not None]
             result[c] = OrganBoxes(
                 class_id=c,
-                boxes=boxes,
+                boxes=tuple(box for _, box in kept),
                 extreme_points=np.stack([g[1] for g in groups]),
-                inside=bool(boxes),
+                inside=bool(kept),
+                raw_boxes=tuple(raw for raw, _ in kept),
             )
-            if not boxes:
+            if not kept:
                 logger.info("%s: organ %d is predicted outside the image", volume.name, c)
         return result
 
-    def locate(self, grid: MedlamInput) -> dict[int, tuple[np.ndarray, bool]]:
+    def locate(
+        self, grid: MedlamInput, source: str | Path | None = None
+    ) -> dict[int, tuple[np.ndarray, bool]]:
         """Points on the UNPADDED 3 mm LAS grid, per organ ``(groups, 6, 3)`` float64 ``(z, y, x)``,
-        and whether the organ's relative-distance box overlaps the field of view."""
+        and whether the organ's relative-distance box overlaps the field of view (always True
+        when ``published``). ``source`` (the query's file) places it in the published stream."""
         protos = self._require_prototypes()
-        rng = np.random.default_rng(self.seed)
         padded = pad(grid.array)
         shape = np.array(padded.shape)
-        centres = initial_centres(padded, rng)
+        if self.published:
+            centres = self.starts.centres(padded, source)
+        else:
+            centres = initial_centres(padded, np.random.default_rng(self.seed))
+        self.last_start_centres = centres
         codes = torch.zeros(len(centres), 3)
         for members, local, out in self._forward_unique(padded, centres, True, ()):
             codes[members] = out["fc_position"][local].cpu()
@@ -342,7 +388,7 @@ class Localizer:
         inside: dict[int, bool] = {}
         for c, pts in zip(protos.classes, np.split(points, np.cumsum(counts)[:-1]), strict=True):
             coarse[c] = pts
-            inside[c] = any(
+            inside[c] = self.published or any(
                 box_overlaps(group_box(g), grid.array.shape) for g in (pts - PAD).reshape(-1, 6, 3)
             )
         refine = [c for c in protos.classes if inside[c]] if self.feature_scales else []

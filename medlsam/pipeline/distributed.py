@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medlsam.errors import ConfigError
+from medlsam.pipeline.report import write_infer_report
 from medlsam.pipeline.run import run
 from medlsam.pipeline.shard import RECORD, Shard, merge_records
 
@@ -147,6 +148,7 @@ def run_sharded(cfg: Any, device: str = "auto", shard: Shard | None = None, **op
                 report.output, header, [e["record"] for e in everyone], report.order
             )
             logger.info("%d ranks finished: records merged into %s", env.world_size, path)
+            write_infer_report(report.output)
     finally:
         finish(here)
     report.ok = [c for e in everyone for c in e["ok"]]

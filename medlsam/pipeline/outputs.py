@@ -15,7 +15,8 @@ Under the segmentation folder (``seg_save_path`` or ``--output``):
 * with ``[run] dicom_seg``, for a query read from a DICOM folder: ``<case>.seg.dcm``
   (:mod:`medlsam.dicom_seg`);
 
-and under the PNG folder, ``<case>/<class id>_<name>.png`` (:mod:`medlsam.pipeline.overlays`).
+and under the PNG folder, ``<case>/overview.png`` and ``<case>/<class id>_<name>.png``
+(:mod:`medlsam.pipeline.overlays`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,7 @@ from medlsam.boxes import boxes_json
 from medlsam.dicom_seg import write_dicom_seg
 from medlsam.io import Volume, atomic_write_bytes, atomic_write_text, write_mask, write_organ_masks
 from medlsam.organs import organ_file_name
-from medlsam.pipeline.overlays import render_organ, safe_name
-from medlsam.png import write_png
+from medlsam.pipeline.overlays import write_figures
 from medlsam.segment.assemble import Prediction
 
 logger = logging.getLogger(__name__)
@@ -126,12 +127,15 @@ def write_case(
     classes: Sequence[int],
     class_names: Mapping[int, str],
     extra: Mapping[str, object] | None = None,
+    seconds: dict[str, float] | None = None,
     organ_masks: bool = False,
     dicom_seg: bool = False,
 ) -> dict[str, Any]:
     """Write every output of one case; returns ``{kind: path}`` of what was written.
 
     Paths are returned relative to ``seg_dir`` (where ``run.json`` lives) when inside it.
+    ``png_dir`` None writes no figure; otherwise the seconds spent on figures are added to
+    ``seconds["figures"]``.
     ``organ_masks`` and ``dicom_seg`` add the per-organ NIfTI files and the DICOM-SEG.
     """
     files = case_files(seg_dir, prediction.case)
@@ -146,17 +150,15 @@ def write_case(
     atomic_write_text(files["boxes"], json.dumps(doc, indent=2))
     written: dict[str, Any] = {k: _rel(p, seg_dir) for k, p in files.items() if k != "nifti"}
     if png_dir is not None:
+        began = time.perf_counter()
         folder = png_dir / prediction.case
         if folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
-        pngs = []
-        for c in classes:
-            image = render_organ(volume, prediction, int(c), classes, class_names)
-            if image is None:
-                continue
-            name = safe_name(class_names.get(int(c), f"class_{c}"))
-            pngs.append(_rel(write_png(folder / f"{int(c)}_{name}.png", image), seg_dir))
-        written["png"] = pngs
+        segmenter = str((extra or {}).get("segmenter", ""))
+        pngs = write_figures(volume, prediction, folder, classes, class_names, segmenter)
+        written["png"] = [_rel(p, seg_dir) for p in pngs]
+        if seconds is not None:
+            seconds["figures"] = time.perf_counter() - began
     if organ_masks:
         stems = organ_stems(classes, class_names)
         folder = seg_dir / prediction.case

@@ -112,6 +112,9 @@ def settings(
         )
     if cfg.vit.backend == "classic":
         out["support_images"] = [str(p) for p in data.support_images]
+    if cfg.run.published:  # a query's start centres depend on the queries before it
+        out["reproduce"] = cfg.run.reproduce
+        out["query_images"] = [str(p) for p in data.query_images]
     return out
 
 

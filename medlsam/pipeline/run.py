@@ -50,6 +50,7 @@ from medlsam.io import Volume, label_on_image_grid, read_image, read_label
 from medlsam.pipeline.loop import run_cases
 from medlsam.pipeline.outputs import outputs_complete, write_case
 from medlsam.pipeline.record import RunRecord, run_header
+from medlsam.pipeline.report import write_infer_report
 from medlsam.pipeline.setup import (
     build_localizer,
     check_writable,
@@ -68,6 +69,7 @@ from medlsam.segment.assemble import (
     label_prompts,
     organ_prompts,
     prompt_table,
+    published_prompts,
 )
 
 logger = logging.getLogger(__name__)
@@ -160,7 +162,8 @@ def run_case(
         organs = localizer.predict(volume)
         seconds["localize"] = time.perf_counter() - began
         began = time.perf_counter()
-        prompts = organ_prompts(organs, volume.shape, axis, classes)
+        make = published_prompts if cfg.run.published else organ_prompts
+        prompts = make(organs, volume.shape, axis, classes)
     if cfg.run.use_gt_slice_threshold:
         assert reference is not None
         keep = gt_slice_filter(reference.data, classes, axis, cfg.data.gt_slice_threshold or 0)
@@ -214,7 +217,7 @@ class _Run:
     segmenter: BoxSegmenter
     localizer: LocalizerLike | None
     seg_dir: Path
-    png_dir: Path
+    png_dir: Path | None
     boxes_from_labels: bool
     progress: bool
     extra: dict[str, Any]
@@ -257,8 +260,9 @@ def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
         job.extra,
         organ_masks=cfg.run.organ_masks,
         dicom_seg=cfg.run.dicom_seg,
+        seconds=seconds,
     )
-    seconds["write"] = time.perf_counter() - t
+    seconds["write"] = time.perf_counter() - t - seconds.get("figures", 0.0)
     seconds["total"] = time.perf_counter() - began
     return {
         "image": str(data.query_images[n]),
@@ -269,7 +273,17 @@ def _do_case(job: _Run, n: int, bar: Any) -> dict[str, Any]:
         "encoder_calls": pred.work["encoder_calls"],
         "decoder_calls": pred.work["decoder_calls"],
         "work": pred.work,
+        "organs": organ_volumes(pred.label, classes, volume.spacing),
         "outputs": outputs,
+    }
+
+
+def organ_volumes(label: np.ndarray, classes: Sequence[int], spacing: np.ndarray) -> dict:
+    """``{"<id>": {"voxels": n, "ml": volume}}`` of each class in a predicted label map."""
+    counts = np.bincount(label.ravel(), minlength=max(classes, default=0) + 1)
+    ml = float(np.prod(spacing)) / 1000.0
+    return {
+        str(c): {"voxels": int(counts[c]), "ml": round(int(counts[c]) * ml, 3)} for c in classes
     }
 
 
@@ -285,6 +299,7 @@ def run(
     raise_errors: bool = False,
     shard: Shard | None = None,
     merge: bool = True,
+    figures: bool = True,
 ) -> RunReport:
     """Run MedLSAM (or the manual-box baseline) on every query of ``cfg`` (or of one shard).
 
@@ -304,22 +319,37 @@ def run(
     ``shard`` runs only its part of the query list with its own record
     (:mod:`medlsam.pipeline.shard`); with ``merge``, the last shard to finish merges the
     records into ``run.json``.
+
+    ``figures=False`` (``--no-png``) writes no figure; otherwise each case's seconds spent on
+    figures are recorded as ``seconds["figures"]`` in its ``run.json`` entry. With ``merge``,
+    ``report.html`` is (re)written from the folder's records
+    (:mod:`medlsam.pipeline.report`).
     """
     data = cfg.data
     shard = shard or Shard()
     cases = check_case_names(cfg)
     if (boxes_from_labels or cfg.run.use_gt_slice_threshold) and data.query_labels is None:
         why = "--boxes-from-labels" if boxes_from_labels else "[run] use_gt_slice_threshold"
-        raise ConfigError(f"{cfg.path}: {why} needs [data] query_label_ls (the query labels)")
+        hint = ""
+        if not boxes_from_labels and cfg.run.published:
+            why += " (on by default with [run] reproduce = published)"
+            hint = "; or set [run] use_gt_slice_threshold = False"
+        raise ConfigError(f"{cfg.path}: {why} needs [data] query_label_ls (the query labels){hint}")
     if cfg.run.dicom_seg:
         check_dicom_seg()  # highdicom missing: one line before any case
     device = resolve_device(device)
     seg_dir, png_dir = output_folders(cfg, Path(output) if output else None, boxes_from_labels)
     check_writable(seg_dir)
+    if not figures:
+        png_dir = None
 
     if segmenter is None:  # checkpoint errors surface here, before any case
         segmenter = build_segmenter(
-            cfg.vit, cfg.weight.vit_load_path, device, engine=cfg.run.engine
+            cfg.vit,
+            cfg.weight.vit_load_path,
+            device,
+            engine=cfg.run.engine,
+            published=cfg.run.published,
         )
     if localizer is None and not boxes_from_labels:
         localizer = build_localizer(cfg, device)
@@ -375,4 +405,6 @@ def run(
     report.record = record.doc
     if merge and shard.count > 1:
         merge_if_complete(seg_dir, shard, header, cases)
+    if merge:
+        write_infer_report(seg_dir)
     return report

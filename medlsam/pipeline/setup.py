@@ -97,6 +97,11 @@ def build_localizer(cfg: Config, device: str) -> Any:
     if cfg.weight.medlam_load_path is None:
         raise ConfigError(f"{cfg.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
     model = build_medlam(cfg.weight.medlam_load_path, device)
+    starts = None
+    if cfg.run.published:  # one start stream over the whole query list, whatever the shard
+        from medlsam.localization.published import PublishedStarts, padded_query
+
+        starts = PublishedStarts(cfg.run.seed, cfg.data.query_images, prepare=padded_query)
     return Localizer(
         with_engine(model, cfg.run.engine, device),
         device,
@@ -106,6 +111,8 @@ def build_localizer(cfg: Config, device: str) -> Any:
         seed=cfg.run.seed,
         rdr_steps=cfg.data.rdr_steps,
         mss_share_mm=cfg.data.mss_share_mm,
+        published=cfg.run.published,
+        starts=starts,
     )
 
 

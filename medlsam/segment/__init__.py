@@ -62,6 +62,7 @@ def build_segmenter(
     supports: Sequence[tuple[Volume, Volume]] | None = None,
     classes: Sequence[int] | None = None,
     engine: str = "torch",
+    published: bool = False,
     **options: object,
 ) -> BoxSegmenter:
     """Build the backend named by ``vit.backend`` (and fit it when supports are given).
@@ -74,6 +75,8 @@ def build_segmenter(
             :meth:`BoxSegmenter.fit` is called (the ``classic`` backend needs it).
         engine: ``[run] engine``, how a SAM-family encoder runs on the CPU (``classic`` has
             no network and ignores it).
+        published: SAM backends build their slice images as the published code does
+            (``[run] reproduce = published``: :func:`medlsam.preprocess.sam_window_published`).
         options: passed to the builder (for SAM: ``batch_size``, ``autocast_dtype``,
             ``workers``).
 
@@ -90,6 +93,8 @@ def build_segmenter(
         options = {"normalization": vit.medsam_normalization, **options}
     if vit.backend != "classic":
         options = {"engine": engine, **options}
+    if published and vit.backend != "classic":
+        options = {"window": "published", **options}
     segmenter = builder(Path(checkpoint) if checkpoint is not None else None, device, **options)
     if supports is not None:
         segmenter.fit(supports, list(classes or ()))

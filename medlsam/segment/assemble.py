@@ -9,6 +9,7 @@ the query file; slices are taken along ``volume.slice_axis()`` and laid out as
 the slice axis, both ends included, the same 2D box: the 3D box's in-plane extent scaled to the
 1024 frame (``round(index * 1024 / size)``, half to even) and enlarged by a 10-pixel margin on
 every side, then clipped to ``[0, 1024]`` (the published code does not clip).
+:func:`published_prompts` is the published rule exactly (``[run] reproduce = published``).
 
 **Sub-boxes of one organ that overlap on a slice** (SPL), ``overlap``:
 
@@ -113,6 +114,40 @@ def organ_prompts(
                 continue
             slices, xyxy = box_prompt(clipped, shape, axis, margin)
             prompts += [Prompt(int(c), part, s, xyxy) for s in slices]
+    return prompts
+
+
+def published_prompts(
+    organs: Mapping[int, OrganBoxes],
+    shape: Sequence[int],
+    axis: int,
+    classes: Sequence[int] | None = None,
+    margin: int = MARGIN,
+) -> list[Prompt]:
+    """Prompts as the published code makes them (``[run] reproduce = published``, method.md 5.2).
+
+    From the boxes BEFORE clipping (:attr:`OrganBoxes.unclipped`, in their published order):
+    the 2D prompt is not clipped to the 1024 frame, and the slices of each box are those of its
+    range (both ends included) that lie in the image and in the run's slice range
+    ``[z_min, z_max)``, where ``z_min`` is the smallest first-box minimum and ``z_max`` the
+    largest last-box maximum over the organs (so the top slice ``z_max`` itself is left out).
+    """
+    order = classes if classes is not None else list(organs)
+    boxes = {int(c): organs[int(c)].unclipped for c in order if int(c) in organs}
+    boxes = {c: b for c, b in boxes.items() if b}
+    if not boxes:
+        return []
+    z_min = max(0, min(b[0].lo[axis] for b in boxes.values()))
+    z_max = min(int(shape[axis]), max(b[-1].hi[axis] for b in boxes.values()))
+    row_axis, col_axis = slice_frame(shape, axis)
+    prompts = []
+    for c, organ_boxes in boxes.items():
+        for part, box in enumerate(organ_boxes):
+            x0, x1 = to_frame(box.lo[col_axis], box.hi[col_axis], shape[col_axis])
+            y0, y1 = to_frame(box.lo[row_axis], box.hi[row_axis], shape[row_axis])
+            xyxy = (x0 - margin, y0 - margin, x1 + margin, y1 + margin)
+            first, last = max(box.lo[axis], z_min), min(box.hi[axis], z_max - 1)
+            prompts += [Prompt(c, part, s, xyxy) for s in range(first, last + 1)]
     return prompts
 
 

@@ -46,7 +46,13 @@ from medlsam.engine import resolve_engine
 from medlsam.errors import CheckpointError
 from medlsam.export_cache import ExportCache
 from medlsam.io import Volume
-from medlsam.preprocess import SAM_WINDOW, sam_slice, slice_2d, slice_frame
+from medlsam.preprocess import (
+    SAM_WINDOW,
+    sam_slice,
+    sam_window_published,
+    slice_2d,
+    slice_frame,
+)
 from medlsam.segment.base import FRAME, SegmenterStats, SliceRequest, SliceResult, nearest_index
 from medlsam.segment.engine import EngineEncoder
 from medlsam.segment.fast import accelerate_image_encoder
@@ -160,6 +166,9 @@ class SamSegmenter:
             run PyTorch, ``onnxruntime`` or ``openvino`` an exported graph; see
             :mod:`medlsam.engine`); CUDA always runs PyTorch.
         export_cache: where exported encoders are kept (default: the user cache folder).
+        window: ``"medlsam"`` (float window resized, then clipped to uint8) or ``"published"``
+            (the published slice exactly: :func:`medlsam.preprocess.sam_window_published`, then
+            the order-2 resize; 0 HU black, int32 truncation before resizing).
     """
 
     def __init__(
@@ -176,6 +185,7 @@ class SamSegmenter:
         fast_encoder: bool = True,
         engine: str = "torch",
         export_cache: ExportCache | None = None,
+        window: str = "medlsam",
     ) -> None:
         if model.image_encoder.img_size != FRAME:
             raise ValueError(f"SAM input size must be {FRAME}, not {model.image_encoder.img_size}")
@@ -202,6 +212,9 @@ class SamSegmenter:
         self.autocast_dtype = autocast_dtype if cuda else None
         self.checkpoint_sha256 = checkpoint_sha256
         self.zero_raw_zero = zero_raw_zero
+        if window not in ("medlsam", "published"):
+            raise ValueError(f"window must be 'medlsam' or 'published', not {window!r}")
+        self.window = window
         self.stats = SegmenterStats()
         self._lock = threading.Lock()
         # ``auto`` keeps the fused PyTorch encoder: exporting ViT-B at 1024^2 to ONNX took more
@@ -309,6 +322,11 @@ class SamSegmenter:
         """
         began = time.perf_counter()
         plane = slice_2d(volume.data, axis, index)
+        if self.window == "published":
+            image = sam_slice(sam_window_published(plane, lo, hi))
+            with self._lock:
+                self.stats.add_time("slice_preprocess", time.perf_counter() - began)
+            return image
         clipped = np.clip(plane, *SAM_WINDOW).astype(np.float32)
         scaled = (clipped - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(clipped)
         if self.zero_raw_zero:

@@ -96,3 +96,14 @@ def test_boxes_from_labels_upper_bound(tmp_path, capsys):
     assert "upper bound" in capsys.readouterr().err
     doc = json.loads((tmp_path / "result" / "seg_manual_boxes" / "run.json").read_text())
     assert doc["upper_bound_baseline"] is True
+
+
+def test_no_png_writes_no_figure_but_the_report(tmp_path, fake_localizer):
+    config, _ = make_cohort(tmp_path, n_queries=1)
+    out = tmp_path / "out"
+    assert main(["--config", str(config), "--output", str(out), "--no-png", "--quiet"]) == 0
+    assert not (out / "png").exists() and not list(out.rglob("*.png"))
+    entry = json.loads((out / "run.json").read_text())["cases"]["query_0"]
+    assert "figures" not in entry["seconds"] and "png" not in entry["outputs"]
+    page = (out / "report.html").read_text()
+    assert "query_0" in page and "no figures (--no-png)" in page and "liver" in page

@@ -7,13 +7,12 @@ import json
 import logging
 import math
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import ct_testdata_path, reorient
+from PIL import Image
 
 from medlsam.cli.evaluate import main
 from medlsam.errors import InputError
@@ -188,20 +187,7 @@ def test_real_label_map_against_a_shifted_copy(tmp_path):
 
 
 def _read_png(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, width, height = 8, b"", 0, 0
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height = struct.unpack(">II", body[:8])
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, width * 3 + 1)
-    assert not raw[:, 0].any()  # filter type 0 on every row
-    return raw[:, 1:].reshape(height, width, 3)
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def test_cli_writes_every_output(tmp_path, capsys):
@@ -246,6 +232,9 @@ def test_cli_writes_every_output(tmp_path, capsys):
     assert statuses[("c", "")] == "missing_prediction" and statuses[("z", "")] == "missing_label"
     image = _read_png(out / "boxplot_dsc.png")
     assert image.shape[0] > 100 and (image != 255).any()
+    names = {p.name for p in out.iterdir()}
+    assert {"boxplot_nsd.png", "boxplot_hd95.png", "report.html"} <= names
+    assert "boxplot_iou.png" not in names  # no boxes file: no box IoU to plot
 
 
 def test_cli_counts_a_missing_prediction_as_empty_in_its_own_column(tmp_path, capsys):
@@ -346,3 +335,22 @@ def test_parallel_workers_give_the_same_scores(tmp_path):
     key = [(s.case, s.class_id, s.status, f"{s.dsc:.12f}") for s in one.scores]
     assert key == [(s.case, s.class_id, s.status, f"{s.dsc:.12f}") for s in two.scores]
     assert not any(math.isnan(s.dsc) for s in one.scores if s.status != "absent")
+
+
+def test_no_png_and_compare_draws_runs_side_by_side(tmp_path, capsys):
+    pred_dir, list_file = _cohort(tmp_path)
+    runs = []
+    for name, extra in (("honest", []), ("published", ["--published-averages"])):
+        out = tmp_path / name
+        args = ["--pred", str(pred_dir), "--labels", str(list_file), "--classes", "1,2,3"]
+        assert main([*args, "--output", str(out), "--no-png", *extra]) == 0
+        assert not list(out.rglob("*.png")) and (out / "report.html").is_file()
+        runs.append(out)
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert "figure_seconds" not in summary
+    capsys.readouterr()
+    assert main(["--compare", *map(str, runs)]) == 0
+    assert "give --output DIR to draw" in capsys.readouterr().err
+    assert main(["--compare", *map(str, runs), "--output", str(tmp_path / "cmp")]) == 0
+    image = _read_png(tmp_path / "cmp" / "compare_dsc.png")
+    assert image.shape[0] > 200 and len(np.unique(image.reshape(-1, 3), axis=0)) > 10

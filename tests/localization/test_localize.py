@@ -413,6 +413,17 @@ def test_label_on_another_grid_is_refused(fitted):
         clone(loc).fit([(image, Volume(label.data, moved))], [1])
 
 
+def test_label_stored_flipped_gives_the_same_prototypes(fitted):
+    from conftest import reorient
+
+    loc, image, label = fitted
+    stored = reorient(label, (2, 0, 1), (True, False, True))  # same voxels, another axis order
+    protos = clone(loc).fit([(image, stored)], [1, 2])
+    for c in (1, 2):
+        for scale, template in loc.prototypes.classes[c].templates.items():
+            torch.testing.assert_close(protos.classes[c].templates[scale], template)
+
+
 def test_prototypes_file_roundtrip_and_guards(fitted, tmp_path):
     loc, image, _ = fitted
     path = loc.save_prototypes(tmp_path / "protos.pt")

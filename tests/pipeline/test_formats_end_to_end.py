@@ -84,11 +84,24 @@ def test_subject_folders_run_and_evaluate_by_folder_name(tmp_path, capsys):
         shutil.copy(seg, tmp_path / "data" / subject / "seg.nii.gz")
     images = [tmp_path / "data" / s / "ct.nii.gz" for s in ("s01", "s02")]
     labels = [tmp_path / "data" / s / "seg.nii.gz" for s in ("s01", "s02")]
+    source = nib.load(str(ct))  # s02: a qform mirrored and 50 mm off its sform
+    sform = source.affine
+    qform = np.diag([-1.0, 1.0, 1.0, 1.0]) @ sform
+    qform[:3, 3] += [50.0, 0.0, 0.0]
+    odd = nib.Nifti1Image(np.asanyarray(source.dataobj), sform)
+    odd.set_sform(sform, code=1)
+    odd.set_qform(qform, code=1)
+    nib.save(odd, str(images[1]))
     config = _config(tmp_path, images, labels, "[1, 5]", "[spleen, liver]")
     out = tmp_path / "out"
     argv = ["--config", str(config), "--output", str(out), "--boxes-from-labels", "--quiet"]
-    assert infer_main(argv) == 0, capsys.readouterr().err
+    assert infer_main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{images[1]}: sform and qform disagree" in err and "using the sform" in err
     assert (out / "s01.nii.gz").is_file() and (out / "s02.nii.gz").is_file()
+    header = nib.load(str(out / "s02.nii.gz")).header
+    np.testing.assert_allclose(header.get_sform(), sform, atol=1e-4)
+    np.testing.assert_allclose(header.get_qform(), sform, atol=1e-4)
     (out / "s02.nii.gz").unlink()  # a case lost: scored as empty, in its own column
     (tmp_path / "labels").mkdir()  # a label folder matched by case name
     for subject in ("s01", "s02"):

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from conftest import make_ct
 from infer_helpers import FakeLocalizer, make_cohort, tiny_sam
+from PIL import Image
 
 from medlsam.config import load_config
 from medlsam.errors import ConfigError, OutputError
 from medlsam.io import read_image
 from medlsam.pipeline.run import run, run_case
-from medlsam.png import decode_png
 from medlsam.segment import ClassicSegmenter, SamSegmenter
 
 SMALL = (40, 36, 6)  # few slices: a tiny-SAM slice costs ~0.5 s on one core
@@ -78,6 +78,7 @@ def test_end_to_end_classic_without_query_labels(tmp_path):
     report = run(cfg, "cpu", progress=False, localizer=localizer)
     assert report.ok == ["query_0", "query_1"] and not report.failed
     seg_dir = cfg.data.seg_save_path
+    label_of = {}
     for case in ("query_0", "query_1"):
         query = read_image(tmp_path / f"{case}.nii.gz")
         for path in _outputs(seg_dir, case):
@@ -85,7 +86,7 @@ def test_end_to_end_classic_without_query_labels(tmp_path):
         written = nib.load(str(seg_dir / f"{case}.nii.gz"))
         assert written.shape == query.shape
         np.testing.assert_allclose(written.affine, query.affine, atol=1e-5)
-        label = np.asarray(written.dataobj)
+        label = label_of[case] = np.asarray(written.dataobj)
         assert _dice(label == 1, labels[case].data == 1) > 0.8
         npz = np.load(seg_dir / f"{case}.npz")
         np.testing.assert_array_equal(npz["label"], label)
@@ -94,9 +95,9 @@ def test_end_to_end_classic_without_query_labels(tmp_path):
         boxes = json.loads((seg_dir / f"{case}.boxes.json").read_text())
         assert set(boxes["classes"]) == {"1", "2"} and boxes["upper_bound_baseline"] is False
         pngs = sorted((seg_dir / "png" / case).glob("*.png"))
-        assert [p.name for p in pngs] == ["1_liver.png", "2_kidney_r.png"]
-        image = decode_png(pngs[0].read_bytes())
-        assert image.ndim == 3 and min(image.shape[:2]) >= 100 and max(image.shape[:2]) >= 512
+        assert [p.name for p in pngs] == ["1_liver.png", "2_kidney_r.png", "overview.png"]
+        image = np.asarray(Image.open(pngs[0]).convert("RGB"))
+        assert min(image.shape[:2]) >= 100 and max(image.shape[:2]) >= 512
         assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # CT, overlay, text
     doc = json.loads((seg_dir / "run.json").read_text())
     assert doc["upper_bound_baseline"] is False and doc["uses_query_labels"] == []
@@ -105,7 +106,11 @@ def test_end_to_end_classic_without_query_labels(tmp_path):
         entry = doc["cases"][case]
         assert entry["status"] == "ok" and entry["error"] is None
         assert entry["slices_segmented"] > 0 and entry["encoder_calls"] == 0
-        assert {"read", "localize", "segment", "assemble", "write"} <= set(entry["seconds"])
+        assert {"read", "localize", "segment", "assemble", "write", "figures"} <= set(
+            entry["seconds"]
+        )
+        assert entry["seconds"]["figures"] > 0
+        assert entry["organs"]["1"]["voxels"] == int((label_of[case] == 1).sum())
 
 
 def test_corrupt_query_fails_alone_and_rerun_skips_finished(tmp_path):
