@@ -3,8 +3,7 @@
 Frames:
 * :class:`Box3D` is in voxel indices of the ORIGINAL query file, in the array order nibabel
   reads it, ``(i, j, k)``; ``lo`` and ``hi`` are both inclusive.
-* :class:`Box2D` is XYXY in pixels of a 2D frame named where it is used (a slice of the query,
-  or SAM's 1024x1024 input frame).
+* 2D prompts are XYXY in SAM's 1024x1024 input frame (:mod:`medlsam.assemble`).
 
 This module is pure numpy: no torch, no files.
 """
@@ -61,19 +60,6 @@ class Box3D:
         corners = np.array([self.lo, self.hi], dtype=np.float64)
         world = corners @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
         return world[0].round(3).tolist(), world[1].round(3).tolist()
-
-
-@dataclass(frozen=True)
-class Box2D:
-    """XYXY pixel box ``(x0, y0, x1, y1)`` in a named 2D frame."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    def as_array(self) -> np.ndarray:
-        return np.array([self.x0, self.y0, self.x1, self.y1], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -166,8 +152,8 @@ def box_iou(a: Box3D, b: Box3D) -> float:
 
 
 def group_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Box ``(lo, hi)`` of one group of six points ``(6, 3)``: min from the first three points'
-    own axes, max from the last three, sorted per axis."""
+    """Box ``(lo, hi)`` (float64) of one group of six points ``(6, 3)``: min from the first three
+    points' own axes, max from the last three, sorted per axis."""
     points = np.asarray(points)
     a = np.array([points[0, 0], points[1, 1], points[2, 2]], dtype=np.float64)
     b = np.array([points[3, 0], points[4, 1], points[5, 2]], dtype=np.float64)
