@@ -5,15 +5,22 @@ Frames:
   reads it, ``(i, j, k)``; ``lo`` and ``hi`` are both inclusive.
 * 2D prompts are XYXY in SAM's 1024x1024 input frame (:mod:`medlsam.assemble`).
 
-This module is pure numpy: no torch, no files.
+This module is pure numpy (no torch), and the one owner of the ``<case>.boxes.json`` format:
+:func:`boxes_json` builds the document, :func:`write_boxes_json` writes it (atomically) and
+:func:`read_boxes_json` reads it back, checked.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from medlsam.errors import InputError
+from medlsam.io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,37 @@ def boxes_json(
     if extra:
         doc.update(extra)
     return doc
+
+
+def write_boxes_json(
+    path: Path,
+    case: str,
+    image: str,
+    affine: np.ndarray,
+    organs: Iterable[OrganBoxes],
+    extra: dict | None = None,
+) -> Path:
+    """Write :func:`boxes_json` to ``path`` atomically; returns ``path``."""
+    doc = boxes_json(case, image, affine, organs, extra)
+    return atomic_write_text(Path(path), json.dumps(doc, indent=2))
+
+
+def read_boxes_json(path: Path) -> dict:
+    """The ``classes`` mapping of a ``<case>.boxes.json`` file (schema: :func:`boxes_json`).
+
+    Raises:
+        InputError: unreadable, not JSON, or without a ``classes`` mapping.
+    """
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        classes = doc["classes"]
+        if not isinstance(classes, dict):
+            raise TypeError("'classes' is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(
+            f'{path}: not a boxes file ({err}); expected JSON with "classes": {{id: {{boxes}}}}'
+        ) from err
+    return classes
 
 
 def box_iou(a: Box3D, b: Box3D) -> float:

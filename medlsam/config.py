@@ -24,7 +24,7 @@ import enum
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,10 @@ from medlsam.weights import demo_checkpoint, demo_settings, is_demo
 
 __all__ = [
     "BoxMode",
+    "CLASSIC_CONTRAST",
     "Config",
+    "LOCALIZE_METHODS",
+    "LocalizeConfig",
     "DataConfig",
     "RunConfig",
     "SEGMENTER_NAMES",
@@ -73,6 +76,17 @@ REPRODUCE_MODES: tuple[str, ...] = ("none", "published")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: ``[run] engine``: how the networks run on the CPU (see medlsam.engine); CUDA runs PyTorch
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+#: Localizers a user can name in ``[localize] method``.
+LOCALIZE_METHODS: tuple[str, ...] = ("medlam", "registration")
+REGISTRATION_FUSIONS: tuple[str, ...] = ("median", "vote")
+#: ``[vit] classic_contrast``: keep the supports' organ intensities, or adapt them to a query
+#: whose boxes show another contrast phase (needs boxes that hit the organs).
+CLASSIC_CONTRAST: tuple[str, ...] = ("keep", "adapt")
+#: HD95 definitions ``medlsam-eval --hd95`` takes (:mod:`medlsam.evaluation.metrics`).
+HD95_DEFINITIONS: tuple[str, ...] = ("monai", "pooled")
+#: ``[vit] precision`` and ``[run] medlam_precision`` (CUDA only; the CPU runs fp32)
+SAM_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+MEDLAM_PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,8 @@ class VitConfig:
     backend: str
     medsam_normalization: str
     overlap: str
+    precision: str = "fp32"
+    classic_contrast: str = "keep"
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,7 @@ class RunConfig:
     use_gt_slice_threshold: bool = False
     dicom_seg: bool = False  # also write <case>.seg.dcm for queries read from DICOM
     organ_masks: bool = False  # also write <case>/<organ>.nii.gz, one binary map per organ
+    medlam_precision: str = "fp16"
     engine: str = "auto"
     reproduce: str = "none"
 
@@ -148,12 +165,28 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class LocalizeConfig:
+    """``[localize]`` (medlsam only): which localizer boxes the organs.
+
+    ``method`` is ``medlam`` (the network, ``[weight] medlam_load_path``) or ``registration``
+    (weight-free atlas registration of each support scan); unset, it is ``medlam`` when a
+    MedLAM checkpoint is named and ``registration`` otherwise (``chosen_by`` says which).
+    ``fusion`` combines the supports' registered boxes (``median`` or ``vote``).
+    """
+
+    method: str = "medlam"
+    chosen_by: str = "config"
+    fusion: str = "median"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     data: DataConfig
     vit: VitConfig
     weight: WeightConfig
     run: RunConfig = field(default_factory=RunConfig)
+    localize: LocalizeConfig = field(default_factory=LocalizeConfig)
 
     @property
     def name(self) -> str:
@@ -186,7 +219,14 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "seg_png_save_path": False,
         "prototypes": False,
     },
-    "vit": {"net_type": False, "backend": False, "medsam_normalization": False, "overlap": False},
+    "vit": {
+        "net_type": False,
+        "backend": False,
+        "medsam_normalization": False,
+        "overlap": False,
+        "precision": False,
+        "classic_contrast": False,
+    },
     "weight": {"medlam_load_path": False, "vit_load_path": False},
     "run": {
         "seed": False,
@@ -194,10 +234,53 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "use_gt_slice_threshold": False,
         "dicom_seg": False,
         "organ_masks": False,
+        "medlam_precision": False,
         "engine": False,
         "reproduce": False,
     },
+    "localize": {"method": False, "fusion": False},
 }
+
+
+def _localize_config(
+    reader: SectionReader, medlam_path: Path | None, prototypes: Path | None
+) -> LocalizeConfig:
+    """``[localize]``: an explicit method, else MedLAM when its checkpoint (or a MedLAM
+    prototypes file) is named, else registration."""
+    fusion = reader.choice("localize", "fusion", "median", REGISTRATION_FUSIONS)
+    if reader.get("localize", "method") is not None:
+        method = reader.choice("localize", "method", "medlam", LOCALIZE_METHODS)
+        return LocalizeConfig(method, "config", fusion)
+    if medlam_path is not None:
+        return LocalizeConfig("medlam", "default: [weight] medlam_load_path is set", fusion)
+    if prototypes is not None:
+        return LocalizeConfig("medlam", "default: [data] prototypes is set", fusion)
+    return LocalizeConfig("registration", "default: no [weight] medlam_load_path", fusion)
+
+
+def _read_vit(
+    reader: SectionReader, net_type: str, vit_path: Path | None, published: bool
+) -> VitConfig:
+    """The ``[vit]`` section (``reproduce = published`` makes ``overlap = later`` the default)."""
+    return VitConfig(
+        net_type=net_type,
+        backend=_resolve_backend(reader, net_type, vit_path),
+        medsam_normalization=reader.choice(
+            "vit", "medsam_normalization", "imagenet", MEDSAM_NORMALIZATIONS
+        ),
+        overlap=reader.choice("vit", "overlap", "later" if published else "score", OVERLAP_RULES),
+        precision=reader.choice("vit", "precision", "fp32", SAM_PRECISIONS),
+        classic_contrast=reader.choice("vit", "classic_contrast", "keep", CLASSIC_CONTRAST),
+    )
+
+
+def _device(reader: SectionReader) -> str:
+    """``[run] device``: auto, cpu, cuda or cuda:N (N = 0, 1, ...)."""
+    value = str(reader.get("run", "device", "auto")).strip()
+    head, _, index = value.partition(":")
+    if value in DEVICES or (head == "cuda" and index.isdigit()):
+        return value
+    raise reader.fail("run", "device", value, "auto, cpu, cuda or cuda:N (N = 0, 1, ...)")
 
 
 def _resolve_backend(reader: SectionReader, net_type: str, vit_path: Path | None) -> str:
@@ -245,26 +328,8 @@ def _read_list(reader: SectionReader, key: str, list_path: Path) -> list[Path]:
         raise ConfigError(f"{reader.path}: [data] {key}: {err}") from err
 
 
-def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Config:
-    """Load a ``.txt`` (INI) or YAML config into a frozen :class:`Config`.
-
-    Args:
-        path: the config file.
-        check_files: also check that every image, label and checkpoint named exists, and report
-            all missing files together in one error.
-
-    Raises:
-        ConfigError: naming the file, the key, the value and what was expected.
-    """
-    path = Path(path)
-    reader = SectionReader(path, read_raw(path), _KNOWN)
-    demo = is_demo(reader.get("weight", "medlam_load_path"))
-    if demo:  # the shipped checkpoint's own settings are the defaults; the config overrides
-        for section, values in demo_settings().items():
-            for key, value in values.items():
-                if reader.get(section, key) is None:
-                    reader.raw.setdefault(section, {})[key] = value
-
+def _read_classes(reader: SectionReader) -> tuple[list[int], dict[int, str]]:
+    """``[data] fg_class`` (positive ids, no repeats) and ``fg_class_name`` (one per id)."""
     fg = reader.get("data", "fg_class")
     if isinstance(fg, int) and not isinstance(fg, bool):
         fg = [fg]
@@ -280,14 +345,16 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
         raise reader.fail("data", "fg_class", fg, "class ids without repeats")
     names_value = reader.get("data", "fg_class_name")
     if names_value is None:
-        class_names = {c: f"class_{c}" for c in fg}
-    else:
-        if not isinstance(names_value, list) or len(names_value) != len(fg):
-            raise reader.fail(
-                "data", "fg_class_name", names_value, f"a list of {len(fg)} names, one per fg_class"
-            )
-        class_names = {c: str(n) for c, n in zip(fg, names_value)}
+        return fg, {c: f"class_{c}" for c in fg}
+    if not isinstance(names_value, list) or len(names_value) != len(fg):
+        raise reader.fail(
+            "data", "fg_class_name", names_value, f"a list of {len(fg)} names, one per fg_class"
+        )
+    return fg, {c: str(n) for c, n in zip(fg, names_value)}
 
+
+def _read_box_options(reader: SectionReader) -> tuple[str, int | None, list[str]]:
+    """``[data] bbox_mode``, ``slice_interval`` (None: off) and ``feature_scale_ls``."""
     mode = reader.choice("data", "bbox_mode", "WPL", tuple(m.value for m in BoxMode))
     interval = reader.get("data", "slice_interval")
     if interval is False or interval is None:
@@ -300,7 +367,6 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
         raise reader.fail(
             "data", "slice_interval", False, "a positive integer when bbox_mode = SPL"
         )
-
     scales = reader.get("data", "feature_scale_ls", list(FEATURE_SCALES))
     if not isinstance(scales, list):
         scales = []  # the published meaning: a non-list value (False) switches refinement off
@@ -312,6 +378,57 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
                 scales,
                 f"a list of {', '.join(FEATURE_SCALES)}{suggest(str(scale), FEATURE_SCALES)}",
             )
+    return mode, interval, scales
+
+
+def _demo_defaults(reader: SectionReader) -> bool:
+    """With ``medlam_load_path = demo``, the shipped checkpoint's own settings become the
+    defaults (the config still overrides them); returns whether the demo checkpoint is named."""
+    demo = is_demo(reader.get("weight", "medlam_load_path"))
+    if demo:
+        for section, values in demo_settings().items():
+            for key, value in values.items():
+                if reader.get(section, key) is None:
+                    reader.raw.setdefault(section, {})[key] = value
+    return demo
+
+
+def _read_run(reader: SectionReader, reproduce: str) -> RunConfig:
+    """The ``[run]`` section (``reproduce = published`` turns the gt-slice threshold on)."""
+    published = reproduce == "published"
+    return RunConfig(
+        seed=reader.int_value("run", "seed", 2023) or 0,
+        device=_device(reader),
+        use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", published),
+        dicom_seg=reader.bool_value("run", "dicom_seg", False),
+        organ_masks=reader.bool_value("run", "organ_masks", False),
+        reproduce=reproduce,
+        medlam_precision=reader.choice("run", "medlam_precision", "fp16", MEDLAM_PRECISIONS),
+        engine=reader.choice("run", "engine", "auto", ENGINES),
+    )
+
+
+def load_config(
+    path: str | os.PathLike[str], check_files: bool = True, segmenter: bool = True
+) -> Config:
+    """Load a ``.txt`` (INI) or YAML config into a frozen :class:`Config`.
+
+    Args:
+        path: the config file.
+        check_files: also check that every image, label and checkpoint named exists, and report
+            all missing files together in one error.
+        segmenter: the run segments (``[weight] vit_load_path`` is checked too); False for
+            localization only, which never needs SAM weights.
+
+    Raises:
+        ConfigError: naming the file, the key, the value and what was expected.
+    """
+    path = Path(path)
+    reader = SectionReader(path, read_raw(path), _KNOWN)
+    demo = _demo_defaults(reader)
+
+    fg, class_names = _read_classes(reader)
+    mode, interval, scales = _read_box_options(reader)
 
     data_paths = {
         key: reader.path_value("data", key)
@@ -329,6 +446,12 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
     if lists["support_image_ls"] is None and prototypes is None:
         raise ConfigError(
             f"{path}: [data] needs support_image_ls and support_label_ls, or a prototypes file"
+        )
+    localize = _localize_config(reader, medlam_path, prototypes)
+    if localize.method == "registration" and lists["support_image_ls"] is None:
+        raise ConfigError(
+            f"{path}: [localize] method = registration needs [data] support_image_ls and "
+            "support_label_ls (a MedLAM prototypes file cannot be registered)"
         )
 
     config = Config(
@@ -354,34 +477,67 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Confi
             seg_png_save_path=reader.path_value("data", "seg_png_save_path"),
             prototypes=prototypes,
         ),
-        vit=VitConfig(
-            net_type=net_type,
-            backend=_resolve_backend(reader, net_type, vit_path),
-            medsam_normalization=reader.choice(
-                "vit", "medsam_normalization", "imagenet", MEDSAM_NORMALIZATIONS
-            ),
-            overlap=reader.choice(
-                "vit", "overlap", "later" if published else "score", OVERLAP_RULES
-            ),
-        ),
+        vit=_read_vit(reader, net_type, vit_path, published),
         weight=WeightConfig(medlam_load_path=medlam_path, vit_load_path=vit_path),
-        run=RunConfig(
-            seed=reader.int_value("run", "seed", 2023) or 0,
-            device=reader.choice("run", "device", "auto", DEVICES),
-            use_gt_slice_threshold=reader.bool_value("run", "use_gt_slice_threshold", published),
-            dicom_seg=reader.bool_value("run", "dicom_seg", False),
-            organ_masks=reader.bool_value("run", "organ_masks", False),
-            engine=reader.choice("run", "engine", "auto", ENGINES),
-            reproduce=reproduce,
-        ),
+        run=_read_run(reader, reproduce),
+        localize=localize,
     )
     if check_files:
-        check_config_files(config)
+        check_config_files(config, segmenter)
     return config
 
 
-def check_config_files(config: Config) -> None:
-    """Raise one :class:`ConfigError` listing every image, label or checkpoint that is missing."""
+#: the published numerics (method.md 1.2 and 4): SAM in fp32, MedLAM under fp16 autocast
+PUBLISHED_PRECISION: Mapping[str, str] = {"sam": "fp32", "medlam": "fp16"}
+
+
+def with_precision(config: Config, sam: str | None = None, medlam: str | None = None) -> Config:
+    """``config`` with ``[vit] precision`` and/or ``[run] medlam_precision`` replaced (the CLI's
+    ``--sam-precision`` / ``--medlam-precision``); None keeps the config's value."""
+    if sam is not None and sam not in SAM_PRECISIONS:
+        raise ConfigError(f"SAM precision {sam!r}: expected one of {', '.join(SAM_PRECISIONS)}")
+    if medlam is not None and medlam not in MEDLAM_PRECISIONS:
+        raise ConfigError(
+            f"MedLAM precision {medlam!r}: expected one of {', '.join(MEDLAM_PRECISIONS)}"
+        )
+    vit = config.vit if sam is None else replace(config.vit, precision=sam)
+    run = config.run if medlam is None else replace(config.run, medlam_precision=medlam)
+    return replace(config, vit=vit, run=run)
+
+
+def published_precision(config: Config) -> Config:
+    """``config`` with the published precisions forced (``[run] reproduce = published``)."""
+    return with_precision(config, PUBLISHED_PRECISION["sam"], PUBLISHED_PRECISION["medlam"])
+
+
+def force_reproduce(config: Config) -> Config:
+    """``config`` with the published precisions forced when ``[run] reproduce = published``
+    (a warning names any precision asked for that this overrides); else ``config``."""
+    if getattr(config.run, "reproduce", "none") != "published":
+        return config
+    forced = published_precision(config)
+    changed = [
+        f"{key} {old} -> {new}"
+        for key, old, new in (
+            ("[vit] precision", config.vit.precision, forced.vit.precision),
+            ("[run] medlam_precision", config.run.medlam_precision, forced.run.medlam_precision),
+        )
+        if old != new
+    ]
+    if changed:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "reproduce = published forces the published precisions: %s", ", ".join(changed)
+        )
+    return forced
+
+
+def check_config_files(config: Config, segmenter: bool = True) -> None:
+    """Raise one :class:`ConfigError` listing every image, label or checkpoint that is missing.
+
+    ``segmenter=False``: the SAM checkpoint is not needed (localization only).
+    """
     data = config.data
     named: list[tuple[str, Path]] = []
     named += [("support image", p) for p in data.support_images]
@@ -390,7 +546,8 @@ def check_config_files(config: Config) -> None:
     named += [("query label", p) for p in data.query_labels or ()]
     if config.weight.medlam_load_path is not None:
         named.append(("[weight] medlam_load_path", config.weight.medlam_load_path))
-    if config.weight.vit_load_path is not None and config.vit.backend != "classic":
+    needs_sam = segmenter and config.vit.backend != "classic"
+    if config.weight.vit_load_path is not None and needs_sam:
         named.append(("[weight] vit_load_path", config.weight.vit_load_path))
     missing = [f"{what} {p}" for what, p in named if not p.exists()]
     if not data.query_images:

@@ -36,3 +36,7 @@ class OutputError(MedlsamError):
     """An output cannot be written (unwritable folder, full disk...)."""
 
     exit_code = 5
+
+
+class RegistrationError(InputError):
+    """Registering a support scan to a query failed or did not converge (the case fails)."""

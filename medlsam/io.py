@@ -397,10 +397,21 @@ def read_label(path: str | os.PathLike[str]) -> Volume:
 # writing
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_process_umask()  # what open() would give: outputs readable by the group
+
+
 def _atomic_target(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)  # mkstemp creates 0600, which would hide outputs from colleagues
+    return fd, tmp
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:

@@ -300,3 +300,36 @@ def sam_slice(window_slice: np.ndarray, size: int = SAM_SIZE) -> np.ndarray:
         resized[keep_zero] = 0
     out = np.clip(resized, 0, 255).astype(np.uint8)
     return np.repeat(out[:, :, None], 3, axis=2)
+
+
+def sam_slice_from_hu(
+    plane: np.ndarray, lo: float, hi: float, zero_raw_zero: bool = False, window: str = "medlsam"
+) -> np.ndarray:
+    """The published SAM input ``(1024, 1024, 3)`` uint8 of one HU slice ``(H, W)``.
+
+    ``lo``/``hi`` are the whole volume's minimum and maximum clipped to :data:`SAM_WINDOW`, so
+    this equals ``sam_slice`` of the slice of ``sam_window(volume)`` without windowing the
+    whole volume; ``window="published"`` windows as :func:`sam_window_published`.
+    """
+    if window == "published":
+        return sam_slice(sam_window_published(plane, lo, hi))
+    clipped = np.clip(plane, *SAM_WINDOW).astype(np.float32)
+    scaled = (clipped - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(clipped)
+    if zero_raw_zero:
+        scaled[plane == 0] = 0
+    return sam_slice(scaled)
+
+
+def sam_slices_from_hu(
+    planes: np.ndarray, lo: float, hi: float, zero_raw_zero: bool = False, window: str = "medlsam"
+) -> tuple[np.ndarray, float]:
+    """:func:`sam_slice_from_hu` of every slice of ``planes`` ``(B, H, W)``.
+
+    Returns the ``(B, 1024, 1024, 3)`` uint8 images and the seconds it took (a worker process
+    reports its time this way). Plain numpy/scipy: safe to run in a process pool.
+    """
+    import time
+
+    began = time.perf_counter()
+    images = np.stack([sam_slice_from_hu(p, lo, hi, zero_raw_zero, window) for p in planes])
+    return images, time.perf_counter() - began

@@ -45,6 +45,7 @@ Reported, as a table and (``--json``) a JSON file:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -311,17 +312,24 @@ def build_networks(cfg, args, device: str):
         seed=cfg.run.seed,
         rdr_steps=cfg.data.rdr_steps,
         mss_share_mm=cfg.data.mss_share_mm if args.mss_share_mm is None else args.mss_share_mm,
+        precision=args.medlam_precision or cfg.run.medlam_precision,
     )
+    sam_precision = args.sam_precision or cfg.vit.precision
     vit_ckpt = cfg.weight.vit_load_path
     if vit_ckpt is not None and Path(vit_ckpt).is_file():
-        segmenter = build_segmenter(cfg.vit, vit_ckpt, device, engine=engine)
+        vit = dataclasses.replace(cfg.vit, precision=sam_precision)
+        segmenter = build_segmenter(vit, vit_ckpt, device, engine=engine)
         random_sam = False
     else:
         from segment_anything import sam_model_registry
 
         net = cfg.vit.net_type
         segmenter = SamSegmenter(
-            sam_model_registry[net](), device, name=f"sam_{net}", engine=engine
+            sam_model_registry[net](),
+            device,
+            name=f"sam_{net}",
+            precision=sam_precision,
+            engine=engine,
         )
         random_sam = True
     if isinstance(segmenter, SamSegmenter):
@@ -541,12 +549,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "eager_seconds_per_patch": round(pub_sec_per_patch, 4),
             "published_match_seconds_per_point": round(match_point, 4),
             "width": int(localizer.model.base_chns),
+            "precision": localizer.precision,
             "mss_share_mm": localizer.mss_share_mm,
             "rdr_steps": localizer.rdr_steps,
             "random_weights": random_medlam,
         },
         "sam": {
             "backend": segmenter.name,
+            "precision": getattr(segmenter, "precision", None),
             "encoder": args.encoder if isinstance(segmenter, SamSegmenter) else None,
             "engine": getattr(segmenter, "engine", None),
             "encoder_seconds_per_call": round(
@@ -731,6 +741,16 @@ def build_parser() -> argparse.ArgumentParser:
         "engine, auto); CUDA always runs PyTorch",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument(
+        "--sam-precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="SAM encoder precision on CUDA (default: the config's, fp32 as published)",
+    )
+    p.add_argument(
+        "--medlam-precision",
+        choices=("fp16", "fp32"),
+        help="MedLAM precision on CUDA (default: the config's, fp16 as published)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     p.add_argument("--workdir", type=Path, help="where the synthetic case is written and reused")
     p.add_argument("--output", type=Path, help="segmentation output folder")

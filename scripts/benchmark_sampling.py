@@ -41,6 +41,8 @@ class Kind:
     real_calls: int = 0
     real_items: int = 0
     real_seconds: float = 0.0
+    warmup_calls: int = 0
+    warmup_seconds: float = 0.0
     replayed_items: int = 0
     cached: object = None
 
@@ -58,11 +60,14 @@ class Sampler:
     """Runs the first ``sample`` calls of every kind, replays the rest (see module docstring).
 
     ``stage`` names the benchmark stage the next calls belong to; replayed seconds are summed
-    per stage in :attr:`projected`.
+    per stage in :attr:`projected`. The first ``warmup`` calls of each kind (default: 1 on
+    CUDA, where a first call pays for kernel selection and lazy initialisation; 0 on the CPU)
+    run for real but do not enter the price of replayed calls.
     """
 
     sample: int
     cuda: bool = False
+    warmup: int | None = None
     stage: str = "other"
     enabled: bool = True
     always: frozenset[str] = frozenset()
@@ -80,6 +85,13 @@ class Sampler:
         if not self.enabled:
             return compute()
         kind = self.kinds.setdefault(key, Kind())
+        warmup = self.warmup if self.warmup is not None else (1 if self.cuda else 0)
+        if kind.warmup_calls < warmup and key not in self.always:
+            began = self._now()
+            out = compute()
+            kind.warmup_seconds += self._now() - began
+            kind.warmup_calls += 1
+            return out
         if key in self.always or kind.real_calls < self.sample or kind.cached is None:
             began = self._now()
             out = compute()
@@ -103,6 +115,8 @@ class Sampler:
             "sample_calls_per_kind": self.sample,
             "kinds": {
                 key: {
+                    "warmup_calls": k.warmup_calls,
+                    "warmup_seconds": round(k.warmup_seconds, 3),
                     "real_calls": k.real_calls,
                     "real_items": k.real_items,
                     "real_seconds": round(k.real_seconds, 3),

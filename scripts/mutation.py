@@ -41,6 +41,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "medlsam/volume.py",
         [
             "tests/test_golden_grid.py",
+            "tests/test_golden_align.py",
             "tests/test_volume_checks.py",
             "tests/pipeline/test_golden_chain.py",
             "tests/test_io.py",
@@ -54,6 +55,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/pipeline/test_golden_chain.py",
             "tests/segment/test_golden_prompts.py",
             "tests/test_golden_preprocess.py",
+            "tests/test_golden_published.py",
             "tests/test_preprocess.py",
         ],
     ),
@@ -72,6 +74,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/segment/test_golden_prompts.py",
             "tests/pipeline/test_golden_chain.py",
             "tests/segment/test_assemble.py",
+            "tests/pipeline/test_reproduce.py",
         ],
     ),
     "segment_base": (

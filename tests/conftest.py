@@ -13,6 +13,12 @@ import torch
 from medlsam.io import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# MEDLSAM_TF32=1/0 switches TF32 matmuls and convolutions on/off for the CUDA tests
+# (scripts/gpu_check.sh runs them both ways); unset leaves torch's defaults.
+if os.environ.get("MEDLSAM_TF32") in ("0", "1"):
+    torch.backends.cuda.matmul.allow_tf32 = os.environ["MEDLSAM_TF32"] == "1"
+    torch.backends.cudnn.allow_tf32 = os.environ["MEDLSAM_TF32"] == "1"
 #: ``MEDLSAM_CT_TESTDATA`` points elsewhere (a checkout that is not beside ``shared/``).
 CT_TESTDATA = Path(os.environ.get("MEDLSAM_CT_TESTDATA") or ROOT.parent / "shared" / "ct_testdata")
 

@@ -34,6 +34,25 @@ def test_sampler_runs_n_calls_and_prices_the_rest():
     assert len(computed) == 3 and sampler.kinds["k"].replayed_items == 9
 
 
+def test_warmup_calls_run_but_do_not_price_replayed_calls():
+    import time
+
+    sampler = Sampler(sample=2, stage="s", warmup=1)
+    costs = iter([0.3, 0.01, 0.01])  # a slow first call, as on CUDA
+
+    def compute():
+        time.sleep(next(costs))
+        return torch.ones(1)
+
+    for _ in range(6):
+        sampler.call("k", 1, compute, lambda c, n: c)
+    kind = sampler.kinds["k"]
+    assert kind.warmup_calls == 1 and kind.real_calls == 2 and kind.replayed_items == 3
+    assert kind.warmup_seconds >= 0.3 and kind.warmup_seconds > 2 * kind.seconds_per_item
+    assert Sampler(sample=1, cuda=True).warmup is None  # resolved per call: 1 on CUDA
+    assert sampler.report()["kinds"]["k"]["warmup_calls"] == 1
+
+
 def test_sampled_localizer_counts_the_same_work(one_thread):
     image, label = make_ct()
     counts = []

@@ -265,55 +265,6 @@ def test_shipped_configs_load(path):
         assert len(cfg.data.query_images) == 45 and len(cfg.data.class_names) == 22
 
 
-def test_make_lists_script(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_lists", Path(__file__).resolve().parents[1] / "scripts" / "make_lists.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for folder in ("img", "lab"):
-        (tmp_path / folder).mkdir()
-        for case in ("a", "b", "c"):
-            (tmp_path / folder / f"{case}.nii.gz").write_bytes(b"x")
-    out = tmp_path / "lists"
-    assert (
-        module.main(
-            [
-                "--images",
-                str(tmp_path / "img"),
-                "--labels",
-                str(tmp_path / "lab"),
-                "--supports",
-                "b",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    from medlsam.io import read_path_list
-
-    assert [p.name for p in read_path_list(out / "support_image.txt")] == ["b.nii.gz"]
-    assert [p.name for p in read_path_list(out / "query_label.txt")] == ["a.nii.gz", "c.nii.gz"]
-    assert (
-        module.main(
-            [
-                "--images",
-                str(tmp_path / "img"),
-                "--labels",
-                str(tmp_path / "lab"),
-                "--supports",
-                "zz",
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )
-
-
 def test_inline_comments_are_ignored(tmp_path):
     root = _tree(tmp_path)
     text = PUBLISHED.replace("bbox_mode             = SPL", "bbox_mode = SPL   # or WPL")

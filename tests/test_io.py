@@ -213,3 +213,18 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="No space left"):
         io.write_mask(label.data, like=image, path=tmp_path / "m.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path):
+    """Atomic writes must not leave outputs private (mkstemp's 0600): same mode as open()."""
+    import os
+    import stat
+
+    image, label = make_ct()
+    mask = io.write_mask(label.data, like=image, path=tmp_path / "m.nii.gz")
+    text = io.atomic_write_text(tmp_path / "t.json", "{}")
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    expected = stat.S_IMODE(plain.stat().st_mode)
+    for path in (mask, text):
+        assert stat.S_IMODE(os.stat(path).st_mode) == expected

@@ -2,7 +2,7 @@
 
 Core modules (``medlsam/*.py``) rank among themselves:
 errors/organs -> volume -> io -> ini/weights -> config -> boxes/png/records/download/dicom_seg
--> preprocess/checkpoint/export_cache -> engine.
+-> preprocess/checkpoint/devices/export_cache/boxplot -> engine -> (stages) -> api.
 Above the core, stage packages: localization and segment (beside each other) and evaluation
 (reads files only: never a model, never torch) -> train -> pipeline -> bench -> cli.
 A module may import modules of a lower rank, or of its own package; a package's
@@ -33,8 +33,10 @@ CORE = {
     "dicom_seg": 5,
     "preprocess": 6,
     "checkpoint": 6,
+    "devices": 6,
     "export_cache": 6,
     "engine": 7,
+    "api": 19,  # the public functions: above every stage, below the commands
 }
 
 #: subpackages (every module inside shares the rank)
@@ -197,3 +199,18 @@ def test_no_print_or_global_seeding_in_library_code(module, path):
             assert not (name == "seed" and owner in ("np.random", "random")), (
                 f"{module}: global seed"
             )
+
+
+#: the longest function body the package allows (signature and docstring included)
+MAX_FUNCTION_LINES = 80
+
+
+@pytest.mark.parametrize("module,path", list(MODULES.items()), ids=lambda v: str(v))
+def test_no_function_over_80_lines(module, path):
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines, line {node.lineno})"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"{module}: split by responsibility: {', '.join(long)}"

@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from medlsam.errors import MedlsamError
 
@@ -45,6 +48,28 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """``--debug`` (tracebacks, debug logging) and ``--quiet`` (warnings only)."""
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, sam: bool = True) -> None:
+    """``--device`` and the precision flags (``--sam-precision`` when ``sam``)."""
+    parser.add_argument(
+        "--device",
+        metavar="auto|cpu|cuda|cuda:N",
+        help="where networks run (default: [run] device; under torchrun cuda:LOCAL_RANK)",
+    )
+    if sam:
+        parser.add_argument(
+            "--sam-precision",
+            choices=("fp32", "bf16", "fp16"),
+            help="SAM image encoder precision on CUDA (default: [vit] precision, fp32 as "
+            "published); the CPU runs fp32",
+        )
+    parser.add_argument(
+        "--medlam-precision",
+        choices=("fp16", "fp32"),
+        help="MedLAM precision on CUDA (default: [run] medlam_precision, fp16 as published); "
+        "the CPU runs fp32",
+    )
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -101,3 +126,75 @@ def run_main(
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def shard_arg(text: str) -> Any:
+    """argparse type of ``--shard K/N``."""
+    from medlsam.errors import ConfigError
+    from medlsam.pipeline.shard import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected K/N with 1 <= K <= N, e.g. 2/8"
+        ) from None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, sam: bool = True) -> None:
+    """``--config --output --device`` (with the precision flags of
+    :func:`add_device_arguments`) ``--overwrite --shard``: what every case-loop command takes."""
+    from pathlib import Path
+
+    parser.add_argument("--config", type=Path, required=True, help="a MedLSAM config (.txt/YAML)")
+    parser.add_argument("--output", type=Path, help="output folder (default: [data] seg_save_path)")
+    add_device_arguments(parser, sam=sam)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="redo cases already finished in the output folder"
+    )
+    parser.add_argument(
+        "--shard",
+        type=shard_arg,
+        metavar="K/N",
+        help="run only queries K, K+N, K+2N, ... of the list (1 <= K <= N), e.g. "
+        "--shard ${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}; not with torchrun",
+    )
+
+
+def report_cases(prog: str, report: Any, kind: str = "") -> int:
+    """Print a run's summary line (and every failed case) on stderr; returns the exit code."""
+    total = len(report.cases)
+    part = f" [shard {report.shard}]" if report.shard.count > 1 else ""
+    scope = f" of {total} queries" + (
+        f" (shard {report.shard} of {len(report.order)})" if report.shard.count > 1 else ""
+    )
+    print(
+        f"{prog}{kind}{part}: {len(report.ok)} done, {len(report.skipped)} already done, "
+        f"{len(report.failed)} failed{scope}; results in {report.output}",
+        file=sys.stderr,
+    )
+    if report.failed:
+        print(f"{len(report.failed)} of {total} queries failed:", file=sys.stderr)
+        for case, message in report.failed:
+            print(f"  {case}: {message}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"by signal {signal.Signals(signum).name}")
+
+
+def run_main_sigterm(
+    body: Callable[[argparse.Namespace], int],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """:func:`run_main` with SIGTERM (a scheduler's time limit) handled like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        return run_main(body, parser, argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run_main(body, parser, argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

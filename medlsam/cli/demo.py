@@ -5,12 +5,14 @@ Usage::
     medlsam-demo [--out DIR] [--device cpu|cuda|auto] [--queries N] [--seed S]
 
 Steps: (1) write a synthetic cohort with :mod:`medlsam.synth` (5 annotated support phantoms and
-``N`` query phantoms, default 3) and a config for it; (2) localize every organ in every query
-with MedLAM, using the small demo checkpoint shipped inside the package
-(``medlsam/data/medlam_demo.pth``, trained by ``scripts/train_demo_checkpoint.sh``); (3) segment
+``N`` query phantoms, default 3) and a config for it; (2) localize every organ in every query,
+side by side, with MedLAM, using the small demo checkpoint shipped inside the package
+(``medlsam/data/medlam_demo.pth``, trained by ``scripts/train_demo_checkpoint.sh``), and with
+weight-free registration of the supports (``[localize] method = registration``); (3) segment
 slice by slice with the weight-free ``classic`` backend; (4) evaluate against the query labels
-(which the method itself never reads) and print the per-organ table and where the label maps,
-figures, boxes and the two report.html pages are. About 45 s on two CPU cores (3 queries).
+(which the method itself never reads) and print one per-organ table with both localizers
+side by side (as ``medlsam-eval --compare``) and where the label maps, figures, boxes and
+reports are: ``<out>/<localizer>/seg``, ``<out>/<localizer>/png``, ``<out>/eval/<localizer>``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
+from medlsam.config import DEVICES
 from medlsam.errors import CheckpointError
 from medlsam.weights import demo_checkpoint  # noqa: F401 (re-exported: the demo's own helper)
 
@@ -34,6 +37,8 @@ DEMO_SEED = 2024
 DEMO_SCALES: tuple[str, ...] = ("feature0",)
 #: Relative-distance steps of the demo (the published code takes one; see Localizer).
 DEMO_RDR_STEPS = 3
+#: Localizers the demo runs side by side (``[localize] method``).
+DEMO_LOCALIZERS: tuple[str, ...] = ("medlam", "registration")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("medlsam_demo"),
         help="output folder (default ./medlsam_demo)",
     )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto"
-    )
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     parser.add_argument(
         "--queries", type=int, default=3, help="number of query phantoms (default 3)"
     )
@@ -69,15 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="MedLAM checkpoint (default: the demo one)"
     )
+    parser.add_argument(
+        "--localizers",
+        default=",".join(DEMO_LOCALIZERS),
+        help="comma-separated localizers to run side by side (default medlam,registration)",
+    )
     parser.add_argument("--no-png", action="store_true", help="write no figure")
     add_common_arguments(parser)
     return parser
 
 
 def write_demo_config(
-    cohort_dir: Path, out: Path, checkpoint: Path, classes: dict[int, str], device: str, seed: int
+    cohort_dir: Path,
+    out: Path,
+    checkpoint: Path,
+    classes: dict[int, str],
+    device: str,
+    seed: int,
+    method: str = "medlam",
 ) -> Path:
-    """Write ``<out>/config.txt`` (published format) for the cohort; returns its path."""
+    """Write ``<out>/config.txt`` (published format) for the cohort and one ``[localize]
+    method``; returns its path."""
     from medlsam.config import write_config_txt
 
     def rel(p: Path) -> str:
@@ -101,6 +116,7 @@ def write_demo_config(
         "vit": {"net_type": "vit_b", "backend": "classic"},
         "weight": {"medlam_load_path": rel(checkpoint)},
         "run": {"seed": seed, "device": device},
+        "localize": {"method": method},
     }
     path = out / "config.txt"
     write_config_txt(path, sections)
@@ -108,9 +124,7 @@ def write_demo_config(
 
 
 def _body(args: argparse.Namespace) -> int:
-    from medlsam.config import load_config
-    from medlsam.evaluation.folder import evaluate
-    from medlsam.pipeline.run import run
+    from medlsam.evaluation.report import compare
     from medlsam.synth import DEFAULT_SHAPE, make_cohort
 
     if args.queries < 1:
@@ -129,11 +143,43 @@ def _body(args: argparse.Namespace) -> int:
         out / "cohort", DEMO_SUPPORTS + args.queries, DEMO_SUPPORTS, args.seed, shape=shape
     )
     classes = {int(c): str(n) for c, n in cohort.classes.items()}
+    methods = [m.strip() for m in args.localizers.split(",") if m.strip()]
+    bad = [m for m in methods if m not in DEMO_LOCALIZERS]
+    if bad or not methods:
+        raise SystemExit(f"medlsam-demo: error: --localizers: expected some of {DEMO_LOCALIZERS}")
+    failed: list[tuple[str, str]] = []
+    for n, method in enumerate(methods, start=1):
+        what = f"MedLAM {Path(checkpoint).name}" if method == "medlam" else "registration"
+        print(f"[2/4] localize ({what}) and [3/4] segment (classic backend): {n}/{len(methods)}")
+        failed += _run_localizer(args, out, Path(checkpoint), classes, method)
+    print("[4/4] evaluate against the query labels")
+    print()
+    print(compare([out / "eval" / m for m in methods]))
+    print()
+    for method in methods:
+        print(f"{method}: label maps and boxes {out / method / 'seg'}/<case>.nii.gz, .boxes.json")
+        print(f"{method}: PNGs {out / method / 'png'}/<case>/, evaluation {out / 'eval' / method}")
+    print(f"done in {time.perf_counter() - began:.0f} s")
+    if failed:
+        for case, message in failed:
+            print(f"  {case}: failed: {message}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def _run_localizer(
+    args: argparse.Namespace, out: Path, checkpoint: Path, classes: dict[int, str], method: str
+) -> list[tuple[str, str]]:
+    """Localize, segment and evaluate the cohort with one ``[localize] method``; returns the
+    failed cases as ``(method: case, reason)``."""
+    from medlsam.config import load_config
+    from medlsam.evaluation.folder import evaluate
+    from medlsam.pipeline.run import run
+
     config_path = write_demo_config(
-        out / "cohort", out, Path(checkpoint), classes, args.device, args.seed
+        out / "cohort", out / method, checkpoint, classes, args.device, args.seed, method
     )
     cfg = load_config(config_path)
-    print(f"[2/4] localize (MedLAM {Path(checkpoint).name}) and [3/4] segment (classic backend)")
     report = run(
         cfg,
         device=args.device,
@@ -142,30 +188,14 @@ def _body(args: argparse.Namespace) -> int:
         raise_errors=args.debug,
         figures=not args.no_png,
     )
-    print("[4/4] evaluate against the query labels")
     result = evaluate(
         report.output,
         _labels(cfg),
         classes=cfg.data.fg_class,
         class_names=dict(cfg.data.class_names),
     )
-    written = result.write(out / "eval", figures=not args.no_png)
-    print()
-    print(result.table())
-    print()
-    print(f"label maps:  {report.output}/<case>.nii.gz  ({len(report.ok)} queries)")
-    print(f"boxes:       {report.output}/<case>.boxes.json")
-    if not args.no_png:
-        print(f"figures:     {cfg.data.seg_png_save_path}/<case>/, {out / 'eval' / 'figures'}/")
-    print(f"evaluation:  {written.get('summary', out / 'eval')}")
-    print(f"reports:     {written['report']} (open in a browser), {report.output}/report.html")
-    print(f"config:      {config_path}")
-    print(f"done in {time.perf_counter() - began:.0f} s")
-    if report.failed:
-        for case, message in report.failed:
-            print(f"  {case}: failed: {message}", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    return EXIT_OK
+    result.write(out / "eval" / method, figures=not args.no_png)
+    return [(f"{method}: {case}", message) for case, message in report.failed]
 
 
 def _labels(cfg) -> dict[str, Path]:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
+from medlsam.config import HD95_DEFINITIONS
 from medlsam.errors import ConfigError, InputError
 
 _DESCRIPTION = (
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     opts.add_argument(
         "--hd95",
-        choices=("monai", "pooled"),
+        choices=HD95_DEFINITIONS,
         default="monai",
         help="HD95 definition for the averages: monai = larger of the two directed "
         "95th percentiles (default); pooled = 95th percentile of both directions "
@@ -171,9 +172,9 @@ def _labels_from_config(args: argparse.Namespace):
 
 
 def _body(args: argparse.Namespace) -> int:
+    from medlsam.api import evaluate
     from medlsam.evaluation import report as eval_report
     from medlsam.evaluation.case import labels_by_case
-    from medlsam.evaluation.folder import evaluate
     from medlsam.io import label_folder, read_path_list
 
     if args.compare:
@@ -218,6 +219,8 @@ def _body(args: argparse.Namespace) -> int:
     result = evaluate(
         pred,
         labels,
+        output=args.output or pred[0],
+        figures=not args.no_png,
         classes=classes,
         class_names=names,
         tolerance_mm=args.tolerance,
@@ -228,9 +231,8 @@ def _body(args: argparse.Namespace) -> int:
         workers=args.workers,
         images=images,
     )
-    written = result.write(args.output or pred[0], figures=not args.no_png)
     print(result.table())
-    print(f"\nwritten: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
+    print(f"\nwritten: {', '.join(str(p) for p in result.written.values())}", file=sys.stderr)
     failed = result.summary.get("failed_cases") or {}
     if failed:
         print(

@@ -2,7 +2,8 @@
 
 Usage::
 
-    medlsam-infer --config test_word_spl_medsam.txt [--output DIR] [--device cpu|cuda|auto]
+    medlsam-infer --config test_word_spl_medsam.txt [--output DIR] [--device cpu|cuda[:N]|auto]
+                  [--sam-precision fp32|bf16|fp16] [--medlam-precision fp16|fp32]
                   [--overwrite] [--boxes-from-labels] [--organ-masks] [--dicom-seg]
                   [--shard K/N] [--debug] [--quiet]
     torchrun --nproc_per_node 4 -m medlsam.cli.infer --config X.txt      # one GPU per rank
@@ -21,7 +22,7 @@ names each failed case and why. A re-run skips cases already finished unless ``-
 ``--shard K/N`` runs every N-th query from the K-th (round robin) and records them in
 ``run.shard-K-of-N.json``; the last shard to finish merges the records into ``run.json``.
 Under ``torchrun`` each rank takes its shard on ``cuda:LOCAL_RANK`` and rank 0 writes the
-merged ``run.json`` (:mod:`medlsam.pipeline.shard`). SIGTERM (a scheduler's time limit) is
+merged ``run.json`` (:mod:`medlsam.pipeline.distributed`). SIGTERM (a scheduler's time limit) is
 handled like Ctrl-C. Exit codes (:mod:`medlsam.cli`): 0 all done; 1 some cases failed;
 2 config or command line; 3 input; 4 checkpoint; 5 output; 70 internal error; 130 interrupted.
 """
@@ -30,24 +31,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
-import threading
-from pathlib import Path
 
-from medlsam.cli import EXIT_OK, EXIT_SOME_FAILED, add_common_arguments, run_main
-
-
-def _shard(text: str):
-    from medlsam.errors import ConfigError
-    from medlsam.pipeline.shard import parse_shard
-
-    try:
-        return parse_shard(text)
-    except ConfigError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected K/N with 1 <= K <= N, e.g. 2/8"
-        ) from None
+from medlsam.cli import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_common_arguments,
+    add_run_arguments,
+    report_cases,
+    run_main_sigterm,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,16 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "slice by slice with SAM, MedSAM or the weight-free classic backend, and write one label "
         "map per query.",
     )
-    parser.add_argument("--config", type=Path, required=True, help="a MedLSAM config (.txt/YAML)")
-    parser.add_argument("--output", type=Path, help="output folder (default: [data] seg_save_path)")
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="where networks run (default: [run] device; under torchrun cuda:LOCAL_RANK)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="redo cases already finished in the output folder"
-    )
+    add_run_arguments(parser)
     parser.add_argument(
         "--boxes-from-labels",
         action="store_true",
@@ -86,13 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
         '([run] dicom_seg; needs pip install "medlsam[dicom]")',
     )
     parser.add_argument(
-        "--shard",
-        type=_shard,
-        metavar="K/N",
-        help="run only queries K, K+N, K+2N, ... of the list (1 <= K <= N), e.g. "
-        "--shard ${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}; not with torchrun",
-    )
-    parser.add_argument(
         "--no-png",
         action="store_true",
         help="write no figure (overlays, overviews); report.html is still written",
@@ -102,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(args: argparse.Namespace) -> int:
-    from medlsam.config import load_config
-    from medlsam.pipeline.distributed import dist_env, run_sharded
+    from medlsam.api import infer
+    from medlsam.config import load_config, with_precision
+    from medlsam.pipeline.distributed import dist_env
 
-    config = load_config(args.config)
+    config = with_precision(load_config(args.config), args.sam_precision, args.medlam_precision)
     if args.organ_masks or args.dicom_seg:
         run_options = dataclasses.replace(
             config.run,
@@ -113,12 +91,12 @@ def _body(args: argparse.Namespace) -> int:
             dicom_seg=config.run.dicom_seg or args.dicom_seg,
         )
         config = dataclasses.replace(config, run=run_options)
-    report = run_sharded(
+    report = infer(
         config,
-        device=args.device or config.run.device,
-        shard=args.shard,
         output=args.output,
+        device=args.device,
         overwrite=args.overwrite,
+        shard=args.shard,
         boxes_from_labels=args.boxes_from_labels,
         progress=not args.quiet,
         raise_errors=args.debug,
@@ -127,38 +105,13 @@ def _body(args: argparse.Namespace) -> int:
     env = dist_env()
     if env is not None and env.rank != 0:  # rank 0 prints the whole run's summary
         return EXIT_SOME_FAILED if report.failed else EXIT_OK
-    total = len(report.cases)
     kind = " (manual-box upper bound)" if args.boxes_from_labels else ""
-    part = f" [shard {report.shard}]" if report.shard.count > 1 else ""
-    scope = f" of {total} queries" + (
-        f" (shard {report.shard} of {len(report.order)})" if report.shard.count > 1 else ""
-    )
-    print(
-        f"medlsam-infer{kind}{part}: {len(report.ok)} done, {len(report.skipped)} already done, "
-        f"{len(report.failed)} failed{scope}; results in {report.output}",
-        file=sys.stderr,
-    )
-    if report.failed:
-        print(f"{len(report.failed)} of {total} queries failed:", file=sys.stderr)
-        for case, message in report.failed:
-            print(f"  {case}: {message}", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    return EXIT_OK
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"by signal {signal.Signals(signum).name}")
+    return report_cases("medlsam-infer", report, kind)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``medlsam-infer``; returns the exit code (SIGTERM acts as Ctrl-C)."""
-    if threading.current_thread() is not threading.main_thread():
-        return run_main(_body, build_parser(), argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run_main(_body, build_parser(), argv)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_main_sigterm(_body, build_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,6 @@ empty prediction), ``false_positive`` (in the prediction only), ``absent`` (in n
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlsam.boxes import Box3D, box_iou
+from medlsam.boxes import Box3D, box_iou, read_boxes_json
 from medlsam.errors import InputError
 from medlsam.evaluation import metrics
 from medlsam.io import KNOWN_SUFFIXES, Volume, case_name, case_names, read_label
@@ -193,20 +192,6 @@ def align_to_label(pred: Volume, label: Volume) -> tuple[np.ndarray, np.ndarray,
         InputError: the grids do not coincide voxel for voxel (the message says what differs).
     """
     return align_to(pred, label, what="prediction grid", against="the label ")
-
-
-def read_boxes_json(path: Path) -> dict:
-    """The ``classes`` mapping of a ``<case>.boxes.json`` file (schema in :mod:`medlsam.boxes`)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        classes = doc["classes"]
-        if not isinstance(classes, dict):
-            raise TypeError("'classes' is not a mapping")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(
-            f'{path}: not a boxes file ({err}); expected JSON with "classes": {{id: {{boxes}}}}'
-        ) from err
-    return classes
 
 
 def predicted_box(

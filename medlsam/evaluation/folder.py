@@ -51,7 +51,7 @@ import platform
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,8 @@ class EvalResult:
     #: per scored case, its files: ``image`` (or None), ``prediction``, ``label``, ``boxes``
     #: and ``inference_figures`` (the PNGs medlsam-infer wrote for it)
     cases: dict[str, dict] = field(default_factory=dict)
+    #: ``{kind: path}`` of the files :func:`medlsam.evaluate` wrote (empty: none)
+    written: dict[str, Path] = field(default_factory=dict)
 
     def write(self, out_dir: str | Path, figures: bool = True) -> dict[str, Path]:
         """Write ``summary.json``, ``per_case.csv``, ``dsc.txt``, ``hd95.txt``, the figures
@@ -231,27 +233,11 @@ def summarize(
 # the whole folder
 
 
-def evaluate(
-    pred_dir: str | Path | Sequence[str | Path],
-    labels: Mapping[str, Path] | Sequence[Path],
-    classes: Sequence[int] | None = None,
-    class_names: Mapping[int, str] | None = None,
-    tolerance_mm: float = 2.0,
-    hd95_definition: str = "monai",
-    published_averages: bool = False,
-    boxes_dir: str | Path | None = None,
-    skip_missing: bool = False,
-    workers: int = 1,
-    images: Mapping[str, Path] | None = None,
-) -> EvalResult:
-    """Score every prediction in ``pred_dir`` against its reference label map.
+@dataclass(frozen=True)
+class EvalOptions:
+    """How :func:`evaluate` scores.
 
-    Args:
-        pred_dir: folder of ``<case>.nii.gz`` label maps (and ``<case>.boxes.json``), or
-            several folders (the shards of one run) whose union is scored; a case found in
-            two folders is taken from the first (warning).
-        labels: reference label files, or ``{case: label file}`` where the case names come
-            from elsewhere (a config's query images).
+    Attributes:
         classes: class ids to score; None scores every id found in any reference.
         class_names: ``{id: name}`` for the tables (default ``class_<id>``).
         tolerance_mm: NSD tolerance in mm.
@@ -265,6 +251,195 @@ def evaluate(
         workers: processes reading and scoring cases in parallel.
         images: ``{case: CT image}`` for the case overviews (default: the image each case's
             ``run.json`` entry names, where there is one).
+    """
+
+    classes: Sequence[int] | None = None
+    class_names: Mapping[int, str] | None = None
+    tolerance_mm: float = 2.0
+    hd95_definition: str = "monai"
+    published_averages: bool = False
+    boxes_dir: str | Path | None = None
+    skip_missing: bool = False
+    workers: int = 1
+    images: Mapping[str, Path] | None = None
+
+    def check(self) -> None:
+        if self.hd95_definition not in metrics.HD95_DEFINITIONS:
+            raise InputError(
+                f"HD95 definition {self.hd95_definition!r}: expected one of "
+                f"{metrics.HD95_DEFINITIONS}"
+            )
+        if not self.tolerance_mm >= 0:
+            raise InputError(f"NSD tolerance {self.tolerance_mm} mm: expected a number >= 0")
+
+
+@dataclass
+class _Inputs:
+    """What :func:`evaluate` found: folders, predictions by case, and what is unmatched."""
+
+    pred_dirs: list[Path]
+    where: str
+    by_case: dict[str, Path]
+    predictions: dict[str, Path]
+    missing_pred: list[str]
+    missing_label: list[str]
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+
+
+def collect(
+    pred_dir: str | Path | Sequence[str | Path],
+    labels: Mapping[str, Path] | Sequence[Path],
+    options: EvalOptions,
+) -> _Inputs:
+    """Match predictions to labels by case name; warn about either without the other."""
+    pred_dirs = (
+        [Path(pred_dir)] if isinstance(pred_dir, (str, Path)) else [Path(d) for d in pred_dir]
+    )
+    if not pred_dirs:
+        raise InputError("no prediction folder given")
+    where = str(pred_dirs[0]) if len(pred_dirs) == 1 else f"{len(pred_dirs)} prediction folders"
+    by_case = dict(labels) if isinstance(labels, Mapping) else labels_by_case(list(labels))
+    if not by_case:
+        raise InputError("no reference label maps given (the label list is empty)")
+    predictions = union_predictions(pred_dirs)
+    missing_pred = [c for c in by_case if c not in predictions]
+    missing_label = sorted(c for c in predictions if c not in by_case)
+    if missing_pred:
+        logger.warning(
+            "%d case(s) have a label but no prediction in %s%s: %s",
+            len(missing_pred),
+            where,
+            " (not scored: --skip-missing; the averages leave them out and are biased upward)"
+            if options.skip_missing
+            else " (scored as empty predictions, DSC 0; --skip-missing leaves them out)",
+            _listed(missing_pred),
+        )
+    if missing_label:
+        logger.warning(
+            "%d prediction(s) in %s have no label (not scored): %s",
+            len(missing_label),
+            where,
+            _listed(missing_label),
+        )
+    if len(missing_pred) == len(by_case):
+        raise InputError(
+            f"{where}: no prediction matches a label case ({len(predictions)} prediction(s), "
+            f"e.g. {sorted(predictions)[:3]}; labels e.g. {list(by_case)[:3]}); expected "
+            "<case>.nii.gz named like the label (or query image) files"
+        )
+    return _Inputs(pred_dirs, where, by_case, predictions, missing_pred, missing_label)
+
+
+def case_jobs(found: _Inputs, options: EvalOptions) -> list[CaseJob]:
+    """One scoring job per labelled case (with a prediction only, ``skip_missing``)."""
+    wanted = None if options.classes is None else tuple(int(c) for c in options.classes)
+    jobs = []
+    for case, label in found.by_case.items():
+        if case not in found.predictions and options.skip_missing:
+            continue
+        pred = found.predictions.get(case)
+        folder = (
+            Path(options.boxes_dir)
+            if options.boxes_dir is not None
+            else (pred or found.pred_dirs[0]).parent
+        )
+        box_file = folder / f"{case}.boxes.json"
+        boxes = box_file if box_file.is_file() else None
+        jobs.append(CaseJob(case, Path(label), pred, boxes, wanted, float(options.tolerance_mm)))
+    return jobs
+
+
+def score_jobs(
+    jobs: list[CaseJob], workers: int
+) -> tuple[list[CaseJob], list[OrganScore], dict[str, str]]:
+    """``(jobs scored, their scores, {case: reason} of those that failed)``.
+
+    A failing case fails alone; only when every case fails is it an :class:`InputError`.
+    """
+    start = time.perf_counter()
+    outcomes = _run_jobs(jobs, workers)
+    failed = {job.case: error for job, (_, error) in zip(jobs, outcomes) if error is not None}
+    if failed and len(failed) == len(jobs):
+        first = next(iter(failed.values()))
+        more = f" (and the {len(failed) - 1} other case(s) failed too)" if len(failed) > 1 else ""
+        raise InputError(f"{first}{more}")
+    for case, error in failed.items():
+        logger.error("%s: not scored: %s", case, error)
+    done = [job for job in jobs if job.case not in failed]
+    scores = [s for result, error in outcomes if error is None for s in result]
+    logger.info("scored %d case(s) in %.1f s", len(done), time.perf_counter() - start)
+    return done, scores, failed
+
+
+def _classes_found(
+    scores: list[OrganScore], cases: list[str]
+) -> tuple[tuple[int, ...], list[OrganScore]]:
+    """The classes present in some reference, and the scores with absent organs filled in."""
+    wanted = tuple(sorted({s.class_id for s in scores if s.gt_voxels}))
+    pred_only = sorted({s.class_id for s in scores} - set(wanted))
+    if pred_only:
+        logger.warning(
+            "class ids %s appear only in predictions, in no label; not scored "
+            "(name them with classes to count them as false positives)",
+            pred_only,
+        )
+    return wanted, _fill_absent([s for s in scores if s.class_id in wanted], cases, wanted)
+
+
+def _settings(found: _Inputs, options: EvalOptions) -> dict:
+    dirs = found.pred_dirs
+    return {
+        "tolerance_mm": float(options.tolerance_mm),
+        "hd95_definition": options.hd95_definition,
+        "averages": "published" if options.published_averages else "honest",
+        "missing_as_empty": not options.skip_missing,
+        "predictions": str(dirs[0]) if len(dirs) == 1 else [str(d) for d in dirs],
+    }
+
+
+def _add_counts(
+    summary: dict,
+    found: _Inputs,
+    options: EvalOptions,
+    n_cases: int,
+    failed: dict[str, str],
+    records: dict[str, dict],
+) -> None:
+    summary["n_cases"] = n_cases
+    summary["missing_predictions"] = found.missing_pred
+    summary["missing_labels"] = found.missing_label
+    summary["failed_cases"] = failed
+    summary["inference_failed"] = {
+        c: records[c].get("error") or "failed"
+        for c in found.missing_pred
+        if records.get(c, {}).get("status") == "failed"
+    }
+    excluded = summary["excluded"]
+    excluded["missing_predictions"] = len(found.missing_pred) if options.skip_missing else 0
+    excluded["missing_labels"] = len(found.missing_label)
+    excluded["failed_cases"] = len(failed)
+
+
+def evaluate(
+    pred_dir: str | Path | Sequence[str | Path],
+    labels: Mapping[str, Path] | Sequence[Path],
+    classes: Sequence[int] | None = None,
+    options: EvalOptions | None = None,
+    **overrides: object,
+) -> EvalResult:
+    """Score every prediction in ``pred_dir`` against its reference label map.
+
+    Args:
+        pred_dir: folder of ``<case>.nii.gz`` label maps (and ``<case>.boxes.json``), or
+            several folders (the shards of one run) whose union is scored; a case found in
+            two folders is taken from the first (warning).
+        labels: reference label files, or ``{case: label file}`` where the case names come
+            from elsewhere (a config's query images).
+        classes: class ids to score (as ``options.classes``).
+        options: :class:`EvalOptions`; its fields may also be given as keywords.
 
     A case whose prediction or boxes file is corrupt or on another grid fails alone: it is
     logged, listed in ``summary["failed_cases"]`` (``{case: reason}``) and under the table,
@@ -276,118 +451,27 @@ def evaluate(
         InputError: bad settings, no label, no matching prediction, an unreadable reference
             label map, or every case failing.
     """
-    if hd95_definition not in metrics.HD95_DEFINITIONS:
-        raise InputError(
-            f"HD95 definition {hd95_definition!r}: expected one of {metrics.HD95_DEFINITIONS}"
-        )
-    if not tolerance_mm >= 0:
-        raise InputError(f"NSD tolerance {tolerance_mm} mm: expected a number >= 0")
-    pred_dirs = (
-        [Path(pred_dir)] if isinstance(pred_dir, (str, Path)) else [Path(d) for d in pred_dir]
-    )
-    if not pred_dirs:
-        raise InputError("no prediction folder given")
-    where = str(pred_dirs[0]) if len(pred_dirs) == 1 else f"{len(pred_dirs)} prediction folders"
-    by_case = dict(labels) if isinstance(labels, Mapping) else labels_by_case(list(labels))
-    if not by_case:
-        raise InputError("no reference label maps given (the label list is empty)")
-    predictions = union_predictions(pred_dirs)
-    records = inference_records(pred_dirs)
-    missing_pred = [c for c in by_case if c not in predictions]
-    missing_label = sorted(c for c in predictions if c not in by_case)
-    if missing_pred:
-        logger.warning(
-            "%d case(s) have a label but no prediction in %s%s: %s",
-            len(missing_pred),
-            where,
-            " (not scored: --skip-missing; the averages leave them out and are biased upward)"
-            if skip_missing
-            else " (scored as empty predictions, DSC 0; --skip-missing leaves them out)",
-            ", ".join(missing_pred[:10]) + (" ..." if len(missing_pred) > 10 else ""),
-        )
-    if missing_label:
-        logger.warning(
-            "%d prediction(s) in %s have no label (not scored): %s",
-            len(missing_label),
-            where,
-            ", ".join(missing_label[:10]) + (" ..." if len(missing_label) > 10 else ""),
-        )
-    if len(missing_pred) == len(by_case):
-        raise InputError(
-            f"{where}: no prediction matches a label case ({len(predictions)} prediction(s), "
-            f"e.g. {sorted(predictions)[:3]}; labels e.g. {list(by_case)[:3]}); expected "
-            "<case>.nii.gz named like the label (or query image) files"
-        )
-    if published_averages:
+    if classes is not None:
+        overrides["classes"] = classes
+    opts = replace(options or EvalOptions(), **overrides)  # type: ignore[arg-type]
+    opts.check()
+    found = collect(pred_dir, labels, opts)
+    if opts.published_averages:
         logger.warning(
             "published averages: organs/cases without HD95 (empty prediction) are dropped "
             "from every average, which biases DSC upward; use only to compare with the paper"
         )
-    wanted = None if classes is None else tuple(int(c) for c in classes)
-    jobs = []
-    for case, label in by_case.items():
-        if case not in predictions and skip_missing:
-            continue
-        pred = predictions.get(case)
-        folder = Path(boxes_dir) if boxes_dir is not None else (pred or pred_dirs[0]).parent
-        box_file = folder / f"{case}.boxes.json"
-        jobs.append(
-            CaseJob(
-                case,
-                Path(label),
-                pred,
-                box_file if box_file.is_file() else None,
-                wanted,
-                float(tolerance_mm),
-            )
-        )
-    start = time.perf_counter()
-    outcomes = _run_jobs(jobs, workers)
-    failed = {job.case: error for job, (_, error) in zip(jobs, outcomes) if error is not None}
-    if failed and len(failed) == len(jobs):
-        first = next(iter(failed.values()))
-        more = f" (and the {len(failed) - 1} other case(s) failed too)" if len(failed) > 1 else ""
-        raise InputError(f"{first}{more}")
-    for case, error in failed.items():
-        logger.error("%s: not scored: %s", case, error)
-    jobs = [job for job in jobs if job.case not in failed]
-    scores = [s for result, error in outcomes if error is None for s in result]
-    logger.info("scored %d case(s) in %.1f s", len(jobs), time.perf_counter() - start)
-
-    if wanted is None:
-        wanted = tuple(sorted({s.class_id for s in scores if s.gt_voxels}))
-        pred_only = sorted({s.class_id for s in scores} - set(wanted))
-        if pred_only:
-            logger.warning(
-                "class ids %s appear only in predictions, in no label; not scored "
-                "(name them with classes to count them as false positives)",
-                pred_only,
-            )
-        scores = _fill_absent(
-            [s for s in scores if s.class_id in wanted], [j.case for j in jobs], wanted
-        )
-    names = {c: (class_names or {}).get(c, f"class_{c}") for c in wanted}
-    summary = summarize(scores, wanted, names, hd95_definition, published_averages)
-    summary["settings"] = {
-        "tolerance_mm": float(tolerance_mm),
-        "hd95_definition": hd95_definition,
-        "averages": "published" if published_averages else "honest",
-        "missing_as_empty": not skip_missing,
-        "predictions": str(pred_dirs[0]) if len(pred_dirs) == 1 else [str(d) for d in pred_dirs],
-    }
-    summary["n_cases"] = len(jobs)
-    summary["missing_predictions"] = missing_pred
-    summary["missing_labels"] = missing_label
-    summary["failed_cases"] = failed
-    summary["inference_failed"] = {
-        c: records[c].get("error") or "failed"
-        for c in missing_pred
-        if records.get(c, {}).get("status") == "failed"
-    }
-    summary["excluded"]["missing_predictions"] = len(missing_pred) if skip_missing else 0
-    summary["excluded"]["missing_labels"] = len(missing_label)
-    summary["excluded"]["failed_cases"] = len(failed)
-    files = {job.case: _case_files(job, records.get(job.case, {}), images) for job in jobs}
+    jobs, scores, failed = score_jobs(case_jobs(found, opts), opts.workers)
+    if opts.classes is None:
+        wanted, scores = _classes_found(scores, [j.case for j in jobs])
+    else:
+        wanted = tuple(int(c) for c in opts.classes)
+    names = {c: (opts.class_names or {}).get(c, f"class_{c}") for c in wanted}
+    summary = summarize(scores, wanted, names, opts.hd95_definition, opts.published_averages)
+    summary["settings"] = _settings(found, opts)
+    records = inference_records(found.pred_dirs)
+    _add_counts(summary, found, opts, len(jobs), failed, records)
+    files = {job.case: _case_files(job, records.get(job.case, {}), opts.images) for job in jobs}
     return EvalResult(scores=scores, summary=summary, class_names=names, cases=files)
 
 

@@ -45,6 +45,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from medlsam.boxes import Box3D, box_iou
+from medlsam.config import HD95_DEFINITIONS  # the two definitions (module docstring)
 
 __all__ = [
     "HD95_DEFINITIONS",
@@ -63,8 +64,6 @@ __all__ = [
     "surface_distances",
 ]
 
-#: Names of the two HD95 definitions (see the module docstring).
-HD95_DEFINITIONS: tuple[str, ...] = ("monai", "pooled")
 
 Slices = tuple[slice, ...]
 

@@ -28,7 +28,7 @@ from medlsam.errors import InputError
 from medlsam.io import atomic_write_text
 
 _LABELS = {"dsc": "DSC", "nsd": "NSD", "hd95": "HD95 (mm)", "iou": "box IoU"}
-_DIGITS = {"dsc": 3, "nsd": 3, "hd95": 2, "iou": 3}
+DIGITS = {"dsc": 3, "nsd": 3, "hd95": 2, "iou": 3}
 CSV_FIELDS = (
     "case",
     "class_id",
@@ -47,7 +47,7 @@ CSV_FIELDS = (
 def mean_std(stats: dict | None, metric: str, n_expected: int | None = None) -> str:
     if not stats or not stats.get("n"):
         return "–"
-    d = _DIGITS[metric]
+    d = DIGITS[metric]
     text = f"{stats['mean']:.{d}f} ± {stats['std']:.{d}f}"
     if n_expected is not None and stats["n"] != n_expected:
         text += f" (n={stats['n']})"
@@ -55,20 +55,21 @@ def mean_std(stats: dict | None, metric: str, n_expected: int | None = None) -> 
 
 
 def _num(value: float | None, metric: str) -> str:
-    return "–" if value is None else f"{value:.{_DIGITS[metric]}f}"
+    return "–" if value is None else f"{value:.{DIGITS[metric]}f}"
 
 
-def markdown_table(summary: dict) -> str:
-    """The per-organ table (mean ± population std) with exclusion counts and a footer."""
-    settings = summary.get("settings", {})
-    published = settings.get("averages") == "published"
-    tol = settings.get("tolerance_mm", 2.0)
-    head = [
+#: the exclusion counts of an organ, in table order (keys of a summary's class entry)
+EXCLUSIONS = ("absent", "empty_prediction", "missing_prediction", "false_positive", "hd95_missing")
+
+
+def table_head(settings: Mapping[str, Any]) -> list[str]:
+    """The per-organ table's columns (Markdown and ``report.html``)."""
+    return [
         "id",
         "organ",
         "n",
         "DSC",
-        f"NSD@{tol:g}mm",
+        f"NSD@{settings.get('tolerance_mm', 2.0):g}mm",
         f"HD95 ({settings.get('hd95_definition', 'monai')}, mm)",
         "box IoU",
         "absent",
@@ -77,6 +78,25 @@ def markdown_table(summary: dict) -> str:
         "false pos",
         "HD95 missing",
     ]
+
+
+def organ_cells(entry: Mapping[str, Any]) -> list[str]:
+    """One organ's cells after its id and name: n, the four metrics, the exclusion counts."""
+    n = entry["n"]
+    return [
+        str(n),
+        mean_std(entry["dsc"], "dsc", n),
+        mean_std(entry["nsd"], "nsd", n),
+        mean_std(entry["hd95"], "hd95", n),
+        mean_std(entry["iou"], "iou"),
+    ] + [str(entry.get(k, 0)) for k in EXCLUSIONS]
+
+
+def markdown_table(summary: dict) -> str:
+    """The per-organ table (mean ± population std) with exclusion counts and a footer."""
+    settings = summary.get("settings", {})
+    published = settings.get("averages") == "published"
+    head = table_head(settings)
     if published:
         head.append("dropped")
     lines = [
@@ -84,21 +104,7 @@ def markdown_table(summary: dict) -> str:
         "|" + "|".join(["---:", "---", "---:"] + ["---"] * 4 + ["---:"] * (len(head) - 7)) + "|",
     ]
     for cid, e in summary["classes"].items():
-        n = e["n"]
-        row = [
-            cid,
-            e["name"],
-            str(n),
-            mean_std(e["dsc"], "dsc", n),
-            mean_std(e["nsd"], "nsd", n),
-            mean_std(e["hd95"], "hd95", n),
-            mean_std(e["iou"], "iou"),
-            str(e["absent"]),
-            str(e["empty_prediction"]),
-            str(e.get("missing_prediction", 0)),
-            str(e["false_positive"]),
-            str(e["hd95_missing"]),
-        ]
+        row = [cid, e["name"], *organ_cells(e)]
         if published:
             row.append(str(e["dropped"]))
         lines.append("| " + " | ".join(row) + " |")
@@ -109,7 +115,7 @@ def markdown_table(summary: dict) -> str:
         if mean.get(metric) is None:
             cells.append("–")
             continue
-        d = _DIGITS[metric]
+        d = DIGITS[metric]
         cells.append(
             f"**{mean[metric]:.{d}f}** ± {mstd.get(metric, 0.0):.{d}f} ({n_org.get(metric)} organs)"
         )

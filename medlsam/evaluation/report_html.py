@@ -14,7 +14,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medlsam.evaluation.report import footer_text, mean_std
+from medlsam.evaluation.report import (
+    DIGITS,
+    EXCLUSIONS,
+    footer_text,
+    organ_cells,
+    table_head,
+)
 from medlsam.figures import page
 from medlsam.figures.colors import organ_colors
 from medlsam.records import read_record, record_files
@@ -24,57 +30,22 @@ REPORT = "report.html"
 
 def organ_table(summary: dict, colors: Mapping[int, str]) -> str:
     """Per organ: n, DSC, NSD, HD95, box IoU (mean ± std) and the exclusion counts."""
-    settings = summary.get("settings", {})
-    head = [
-        "id",
-        "organ",
-        "n",
-        "DSC",
-        f"NSD@{settings.get('tolerance_mm', 2.0):g}mm",
-        f"HD95 ({settings.get('hd95_definition', 'monai')}, mm)",
-        "box IoU",
-        "absent",
-        "empty pred",
-        "no pred file",
-        "false pos",
-        "HD95 missing",
-    ]
+    head = table_head(summary.get("settings", {}))
     rows = []
     for cid, e in summary["classes"].items():
-        n = e["n"]
+        n, *cells = organ_cells(e)
         rows.append(
-            [
-                page.esc(cid),
-                page.swatch(colors.get(int(cid), "#888")) + page.esc(e["name"]),
-                str(n),
-                page.esc(mean_std(e["dsc"], "dsc", n)),
-                page.esc(mean_std(e["nsd"], "nsd", n)),
-                page.esc(mean_std(e["hd95"], "hd95", n)),
-                page.esc(mean_std(e["iou"], "iou")),
-                str(e["absent"]),
-                str(e["empty_prediction"]),
-                str(e.get("missing_prediction", 0)),
-                str(e["false_positive"]),
-                str(e["hd95_missing"]),
-            ]
+            [page.esc(cid), page.swatch(colors.get(int(cid), "#888")) + page.esc(e["name"]), n]
+            + [page.esc(cell) for cell in cells]
         )
     mean = summary.get("mean", {})
     rows.append(
         ["", "<b>mean over organs</b>", ""]
         + [
-            "–" if mean.get(m) is None else f"<b>{mean[m]:.{2 if m == 'hd95' else 3}f}</b>"
+            "–" if mean.get(m) is None else f"<b>{mean[m]:.{DIGITS[m]}f}</b>"
             for m in ("dsc", "nsd", "hd95", "iou")
         ]
-        + [
-            str(summary["excluded"].get(k, ""))
-            for k in (
-                "absent",
-                "empty_prediction",
-                "missing_prediction",
-                "false_positive",
-                "hd95_missing",
-            )
-        ]
+        + [str(summary["excluded"].get(k, "")) for k in EXCLUSIONS]
     )
     return page.table(head, rows, numeric=tuple(n for n in range(len(head)) if n != 1))
 

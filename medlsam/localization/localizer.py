@@ -32,7 +32,9 @@ patch centre, then one MSS refinement within a 64^3 window (coordinates clamped 
 * points go back to the file's voxels with the exact index map (the published back-mapping is
   wrong for permuted axes), and each box is sorted per axis after the mapping;
 * an organ absent from some support scans takes its prototype from the others (warning);
-* the network runs in fp32 on the CPU (autocast fp16 on CUDA), template matching by FFT.
+* the network runs in fp32 on the CPU and, on CUDA, in ``precision`` (``fp16`` autocast as
+  published, or ``fp32``); prototypes record the device type and precision they were made in
+  and are refused by a localizer running in others; template matching by FFT.
 
 ``published=True`` (``[run] reproduce = published``) gives the published code's results
 instead (:mod:`medlsam.localization.published`): start centres from one stream over the query
@@ -45,7 +47,6 @@ outside the image clamped and refined (never reported outside), points mapped ba
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -55,6 +56,7 @@ import torch.nn.functional as F
 
 from medlsam.boxes import Box3D, OrganBoxes, box_overlaps, group_box
 from medlsam.config import BoxMode
+from medlsam.devices import Stopwatch, autocast_dtype, effective
 from medlsam.errors import InputError
 from medlsam.io import Volume, label_on_image_grid
 from medlsam.localization.matching import (
@@ -100,6 +102,8 @@ class Localizer:
         interpolation: image resampling to 3 mm, ``"spline"`` (published) or ``"linear"``.
         rdr_steps: relative-distance steps per query (1 = published; see the module docstring).
         mss_share_mm: grid pitch of shared MSS patches (0 = published; module docstring).
+        precision: MedLAM's precision on CUDA, ``"fp16"`` (published autocast) or ``"fp32"``;
+            the CPU always runs fp32 (:attr:`precision` holds what really runs).
         published: reproduce the published code's results (module docstring).
         starts: the published start-centre stream (``published`` only; default: one stream
             seeded with ``seed``, continued over every query predicted).
@@ -117,11 +121,13 @@ class Localizer:
         interpolation: str = "spline",
         rdr_steps: int = 1,
         mss_share_mm: float = 0.0,
+        precision: str = "fp16",
         published: bool = False,
         starts: PublishedStarts | None = None,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
+        self.precision = effective(precision, self.device)
         self.mode = BoxMode(mode)
         self.slice_interval = slice_interval
         bad = [s for s in feature_scales if s not in FEATURE_NAMES]
@@ -162,17 +168,20 @@ class Localizer:
         self, array: np.ndarray, centres: np.ndarray, fc: bool, features: Sequence[str]
     ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
         """Crop and run patches around ``centres`` in batches; yields (rows, outputs on device)."""
-        cuda = self.device.type == "cuda"
+        dtype = autocast_dtype(self.precision)
         for start in range(0, len(centres), self.batch_size):
             rows = slice(start, min(start + self.batch_size, len(centres)))
             batch = torch.from_numpy(crop_patches(array, centres[rows])).to(self.device)
-            began = time.perf_counter()
-            with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=cuda):
+            with (
+                Stopwatch(self.device) as clock,
+                torch.inference_mode(),
+                torch.autocast("cuda", dtype or torch.float16, enabled=dtype is not None),
+            ):
                 out = self.model(batch, fc=fc, features=features)
                 out = {k: v.float() for k, v in out.items()}
             self.stats["forward_passes"] += 1
             self.stats["patches"] += rows.stop - rows.start
-            self.stats["forward_seconds"] += time.perf_counter() - began
+            self.stats["forward_seconds"] += clock.seconds
             yield rows, out
 
     def _forward_unique(
@@ -262,9 +271,15 @@ class Localizer:
             feature_scales=self.feature_scales,
             checkpoint_sha256=self.fingerprint,
             base_chns=int(getattr(self.model, "base_chns", 0)),
+            numerics=self.numerics,
             meta={"label_resampling": self._label_resampling},
         )
         return self.prototypes
+
+    @property
+    def numerics(self) -> dict[str, str]:
+        """Where and how MedLAM runs: ``{"device": "cpu" | "cuda", "precision": ...}``."""
+        return {"device": self.device.type, "precision": self.precision}
 
     @property
     def _label_resampling(self) -> str:
@@ -293,19 +308,26 @@ class Localizer:
 
     def load_prototypes(self, path: str | Path, classes: Sequence[int] | None = None) -> Prototypes:
         """Load prototypes made with this model's checkpoint and settings (else InputError)."""
-        protos = Prototypes.load(path)
+        return self.use_prototypes(Prototypes.load(path), path, classes)
+
+    def use_prototypes(
+        self, protos: Prototypes, source: str | Path, classes: Sequence[int] | None = None
+    ) -> Prototypes:
+        """Use ``protos`` (from ``source``) if made with this model, settings and numerics
+        (else InputError), keeping only ``classes`` when given."""
         protos.check_compatible(
-            path,
+            source,
             self.fingerprint,
             list(classes) if classes is not None else list(protos.classes),
             self.mode,
             self.slice_interval,
             self.feature_scales,
+            self.numerics,
         )
         made = protos.meta.get("label_resampling", "medlsam")
         if made != self._label_resampling:
             raise InputError(
-                f"{path}: prototypes were made with the {made} support-label resampling, not "
+                f"{source}: prototypes were made with the {made} support-label resampling, not "
                 f"the {self._label_resampling} one this run uses ([run] reproduce); rebuild "
                 "them from the support scans"
             )

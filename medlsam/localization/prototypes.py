@@ -9,7 +9,8 @@ says otherwise.
 * :class:`Prototypes` holds, per organ, the mean position code of its support points and the
   per-scale feature templates, and saves to / loads from one file: a lab can share prototypes
   without sharing the support scans. A prototypes file records the sha256 of the checkpoint
-  that made it and is refused with any other.
+  that made it and is refused with any other, and the numerics MedLAM ran in (device type
+  and precision: fp16 on CUDA moves points against fp32 on the CPU), refused with others.
 """
 
 from __future__ import annotations
@@ -215,12 +216,19 @@ class Prototypes:
     checkpoint_sha256: str
     base_chns: int
     meta: dict = field(default_factory=dict)
+    #: ``{"device": "cpu" | "cuda", "precision": "fp32" | "fp16"}``; empty in files written
+    #: before it was recorded (accepted with a warning)
+    numerics: dict = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write one file (``torch.save`` of plain tensors, lists and strings), atomically."""
-        import io as _io
-
         from medlsam.io import atomic_write_bytes
+
+        return atomic_write_bytes(path, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The content of a prototypes file (what :meth:`save` writes)."""
+        import io as _io
 
         payload = {
             "format": PROTOTYPES_FORMAT,
@@ -241,10 +249,11 @@ class Prototypes:
                 for c, p in self.classes.items()
             },
             "meta": {str(k): str(v) for k, v in self.meta.items()},
+            "numerics": {str(k): str(v) for k, v in self.numerics.items()},
         }
         buffer = _io.BytesIO()
         torch.save(payload, buffer)
-        return atomic_write_bytes(path, buffer.getvalue())
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Prototypes:
@@ -256,8 +265,15 @@ class Prototypes:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: prototypes file not found")
+        return cls.from_bytes(path.read_bytes(), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str | os.PathLike[str] = "prototypes") -> Prototypes:
+        """Prototypes from the content of a file (``path`` names it in errors)."""
+        import io as _io
+
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:  # torch.load raises many unrelated types on damaged files
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
             raise InputError(f"{path}: cannot read prototypes file ({first})") from err
@@ -288,6 +304,7 @@ class Prototypes:
                 checkpoint_sha256=str(raw["checkpoint_sha256"]),
                 base_chns=int(raw["base_chns"]),
                 meta=dict(raw.get("meta", {})),
+                numerics=dict(raw.get("numerics", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InputError(f"{path}: incomplete prototypes file (missing {err})") from err
@@ -300,8 +317,10 @@ class Prototypes:
         mode: BoxMode,
         slice_interval: int | None,
         feature_scales: Sequence[str],
+        numerics: Mapping[str, str] | None = None,
     ) -> None:
-        """Refuse prototypes made with another checkpoint or for other settings (InputError)."""
+        """Refuse prototypes made with another checkpoint, for other settings or in other
+        numerics (device type and precision) than ``numerics`` (InputError, one line)."""
         if self.checkpoint_sha256 != fingerprint:
             raise InputError(
                 f"{source}: prototypes were made with checkpoint sha256 "
@@ -321,9 +340,29 @@ class Prototypes:
                 f"{source}: prototypes were made for bbox_mode {BoxMode(self.mode).value} "
                 f"slice_interval {self.slice_interval}, not {BoxMode(mode).value} {slice_interval}"
             )
+        if numerics is not None:
+            self._check_numerics(source, numerics)
         lacking = [s for s in feature_scales if s not in self.feature_scales]
         if lacking:
             raise InputError(
                 f"{source}: prototypes lack feature scales {lacking} "
                 f"(they hold {list(self.feature_scales)})"
+            )
+
+    def _check_numerics(self, source: str | os.PathLike[str], numerics: Mapping[str, str]) -> None:
+        if not self.numerics:
+            logger.warning(
+                "%s: prototypes file does not record the device and precision it was made in; "
+                "using it with MedLAM on %s in %s",
+                source,
+                numerics.get("device"),
+                numerics.get("precision"),
+            )
+            return
+        if dict(self.numerics) != dict(numerics):
+            made = f"{self.numerics.get('device')} in {self.numerics.get('precision')}"
+            now = f"{numerics.get('device')} in {numerics.get('precision')}"
+            raise InputError(
+                f"{source}: prototypes were made with MedLAM on {made}, this run uses {now}; "
+                "delete the file to rebuild them, or match --device / [run] medlam_precision"
             )

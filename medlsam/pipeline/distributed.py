@@ -1,12 +1,28 @@
-"""Runs under ``torchrun``: one shard per rank, records gathered and merged by rank 0.
+"""Runs under ``torchrun``: one shard per rank, prototypes computed once, records merged by
+rank 0.
 
-**torchrun.** Where ``RANK`` and ``WORLD_SIZE`` are set, rank ``r`` runs shard ``r + 1`` of
-``WORLD_SIZE`` on ``cuda:LOCAL_RANK`` (when the device asked for is ``auto``/``cuda`` and CUDA
-exists; else the CPU). ``torch.distributed`` is initialised only at the end (``gloo`` on the
-CPU, ``nccl`` on CUDA) for one ``all_gather_object`` of the records and a barrier; ranks need
-no shared file system for the record (the masks are where each rank wrote them). The
-collective timeout is :data:`DIST_TIMEOUT_S` (``MEDLSAM_DIST_TIMEOUT_S`` overrides it): ranks
-that finish early wait that long for the slowest one.
+**Devices.** Where ``RANK`` and ``WORLD_SIZE`` are set, rank ``r`` runs shard ``r + 1`` of
+``WORLD_SIZE`` on its GPU (when the device asked for is ``auto``/``cuda`` and CUDA exists; else
+the CPU): ``cuda:LOCAL_RANK`` when the process sees several GPUs, ``cuda:0`` when it sees one
+(launchers that give each task its own GPU through ``CUDA_VISIBLE_DEVICES``;
+:func:`medlsam.devices.rank_cuda_index`).
+
+**Prototypes.** Every rank calls :class:`PrototypeShare` at the point where it would load or
+fit the support prototypes, whether it has queries left or not. If any rank needs them, rank
+0 alone loads ``[data] prototypes`` or fits them from the support scans (writing the file
+when one is named) and sends them to the others (one broadcast: no shared file system
+needed), which check them as they would check the file. A support-scan error on rank 0
+fails every rank with the same one-line message; a rank 0 that failed before reaching this
+point leaves the others to fit their own.
+
+**Records.** ``torch.distributed`` (``gloo`` on the CPU, ``nccl`` on CUDA) is initialised at the
+first collective; at the end one ``all_gather_object`` of the records and a barrier: rank 0
+writes the merged ``run.json``. A rank that fails outside a case (an output, checkpoint or
+support error, or a bug) still takes part: it sends what its record holds and its error, the
+merge keeps the other ranks' cases, every rank's summary lists ``rank N`` as failed, and
+the failing rank then exits with its error. The collective timeout is
+:data:`DIST_TIMEOUT_S` (``MEDLSAM_DIST_TIMEOUT_S`` overrides it): ranks that finish early
+wait that long for the slowest one.
 
 (:mod:`medlsam.pipeline.shard` defines the shards and the records; this module sits above
 :mod:`medlsam.pipeline.run` so that neither imports the other in a cycle.)
@@ -16,14 +32,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from medlsam.errors import ConfigError
-from medlsam.pipeline.report import write_infer_report
-from medlsam.pipeline.run import run
-from medlsam.pipeline.shard import RECORD, Shard, merge_records
+from medlsam.errors import ConfigError, MedlsamError
+from medlsam.pipeline.shard import RUN, Shard, merge_records, record_name
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +58,11 @@ class DistEnv:
         return Shard(self.rank + 1, self.world_size)
 
     def device(self, requested: str) -> str:
-        """``cuda:LOCAL_RANK`` for ``auto``/``cuda`` when CUDA exists, else ``cpu``."""
+        """The rank's GPU for ``auto``/``cuda`` when CUDA exists (:func:`rank_cuda_index`),
+        else ``cpu``; the GPU becomes the process's current device."""
         import torch
+
+        from medlsam.devices import rank_cuda_index
 
         if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
             return "cpu"
@@ -53,13 +70,9 @@ class DistEnv:
             raise ConfigError(
                 f"device {requested!r}: CUDA is not available on this machine (use cpu or auto)"
             )
-        if self.local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"LOCAL_RANK {self.local_rank}: only {torch.cuda.device_count()} CUDA device(s) "
-                "visible; expected one GPU per process (torchrun --nproc_per_node <= GPUs)"
-            )
-        torch.cuda.set_device(self.local_rank)
-        return f"cuda:{self.local_rank}"
+        index = rank_cuda_index(self.local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return f"cuda:{index}"
 
 
 def dist_env(environ: Mapping[str, str] | None = None) -> DistEnv | None:
@@ -77,23 +90,93 @@ def dist_env(environ: Mapping[str, str] | None = None) -> DistEnv | None:
     return DistEnv(rank, world, local)
 
 
-def gather_objects(env: DistEnv, obj: Any, device: str) -> list[Any]:
-    """Every rank's ``obj`` (picklable; in rank order), via one ``all_gather_object``.
-
-    Initialises ``torch.distributed`` from the ``torchrun`` environment (``gloo`` on the CPU,
-    ``nccl`` on CUDA) and leaves it initialised for :func:`finish`.
-    """
+def _init(device: str) -> None:
+    """Initialise ``torch.distributed`` from the ``torchrun`` environment (once)."""
     from datetime import timedelta
 
     import torch.distributed as dist
 
+    if dist.is_initialized():
+        return
     timeout = timedelta(seconds=float(os.environ.get("MEDLSAM_DIST_TIMEOUT_S", DIST_TIMEOUT_S)))
-    if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend, timeout=timeout)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend, timeout=timeout)
+
+
+def gather_objects(env: DistEnv, obj: Any, device: str) -> list[Any]:
+    """Every rank's ``obj`` (picklable; in rank order), via one ``all_gather_object``."""
+    import torch.distributed as dist
+
+    _init(device)
     gathered: list[Any] = [None] * env.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast_object(obj: Any, device: str) -> Any:
+    """Rank 0's ``obj`` on every rank (the others pass anything)."""
+    import torch.distributed as dist
+
+    _init(device)
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@dataclass
+class RankFailed:
+    """Sent in place of prototypes by a rank 0 that failed before computing them."""
+
+    message: str
+
+
+class PrototypeShare:
+    """The prototypes of a ``torchrun`` job, computed by rank 0 only (module docstring)."""
+
+    def __init__(self, env: DistEnv, device: str) -> None:
+        self.env, self.device = env, device
+        self.called = False
+
+    def __call__(self, localizer: Any, cfg: Any, supports: Any, needed: bool) -> None:
+        from medlsam.localization.prototypes import Prototypes
+        from medlsam.pipeline.setup import prepare_localizer
+
+        self.called = True
+        if not any(gather_objects(self.env, needed, self.device)):
+            return
+        if self.env.rank == 0:
+            try:
+                prepare_localizer(localizer, cfg, supports)
+                payload: Any = localizer.prototypes.to_bytes()
+            except Exception as err:
+                # a support-scan error fails every rank the same way; after a bug the other
+                # ranks fit their own prototypes
+                failed = RankFailed(f"{type(err).__name__}: {err}")
+                broadcast_object(err if isinstance(err, MedlsamError) else failed, self.device)
+                raise
+            broadcast_object(payload, self.device)
+            return
+        payload = broadcast_object(None, self.device)
+        if isinstance(payload, MedlsamError):
+            raise type(payload)(str(payload))
+        if not needed:
+            return
+        if isinstance(payload, RankFailed):
+            logger.warning("rank 0 failed (%s); fitting the prototypes here", payload.message)
+            prepare_localizer(localizer, cfg, supports)
+            return
+        source = f"prototypes from rank 0 ({cfg.data.prototypes or 'the support scans'})"
+        localizer.use_prototypes(Prototypes.from_bytes(payload, source), source, cfg.data.fg_class)
+        logger.info("prototypes received from rank 0")
+
+    def abandon(self, error: BaseException) -> None:
+        """Take part in the collectives this rank did not reach (it failed before them)."""
+        if self.called:
+            return
+        self.called = True
+        if any(gather_objects(self.env, False, self.device)):
+            failed = RankFailed(f"{type(error).__name__}: {error}")
+            broadcast_object(failed if self.env.rank == 0 else None, self.device)
 
 
 def finish(device: str) -> None:
@@ -111,12 +194,23 @@ def finish(device: str) -> None:
         dist.destroy_process_group()
 
 
-def run_sharded(cfg: Any, device: str = "auto", shard: Shard | None = None, **options: Any) -> Any:
-    """:func:`medlsam.pipeline.run.run` on this process's part of the queries.
+def run_sharded(
+    run: Callable[..., Any],
+    cfg: Any,
+    device: str = "auto",
+    shard: Shard | None = None,
+    **options: Any,
+) -> Any:
+    """``run(cfg, device=, shard=, merge=, share=, **options)`` on this process's part of the
+    queries.
+
+    ``run`` is a command's run function (:func:`medlsam.pipeline.run.run` or
+    :func:`medlsam.pipeline.localize.localize`); it returns a
+    :class:`~medlsam.pipeline.loop.RunReport`.
 
     Outside ``torchrun``: ``shard`` (default: everything). Under ``torchrun`` with several
     ranks: the rank's shard on its device; then the records are gathered, rank 0 writes the
-    merged ``run.json``, every rank waits for it, and every rank returns a report of the
+    merged record, every rank waits for it, and every rank returns a report of the
     WHOLE run (every rank's ``ok``, ``skipped`` and ``failed`` cases).
 
     Raises:
@@ -133,27 +227,68 @@ def run_sharded(cfg: Any, device: str = "auto", shard: Shard | None = None, **op
             "its shard; use --shard without torchrun, or torchrun without --shard"
         )
     here = env.device(device)
-    report = run(cfg, device=here, shard=env.shard, merge=False, **options)
+    share = PrototypeShare(env, here)
+    report, error = None, None
     try:
-        mine = {
-            "record": report.record,
-            "ok": report.ok,
-            "skipped": report.skipped,
-            "failed": [list(f) for f in report.failed],
-        }
-        everyone = gather_objects(env, mine, here)
+        report = run(cfg, device=here, shard=env.shard, merge=False, share=share, **options)
+    except Exception as err:  # outside a case: take part in the gather, then fail
+        error = err
+        share.abandon(err)
+    try:
+        everyone = gather_objects(env, _summary(env, report, error), here)
         if env.rank == 0:
-            header = {k: v for k, v in report.record.items() if k != "cases"}
-            path = merge_records(
-                report.output, header, [e["record"] for e in everyone], report.order
-            )
-            logger.info("%d ranks finished: records merged into %s", env.world_size, path)
-            write_infer_report(report.output)
+            _merge(env, report, everyone)
     finally:
         finish(here)
+    if error is not None:
+        raise error
+    assert report is not None
     report.ok = [c for e in everyone for c in e["ok"]]
     report.skipped = [c for e in everyone for c in e["skipped"]]
     report.failed = [(c, m) for e in everyone for c, m in e["failed"]]
-    report.cases, report.shard = list(report.order), Shard()
-    report.run_json = report.output / RECORD
+    report.cases, report.shard = list(report.order), Shard(stem=report.shard.stem)
+    report.run_json = report.output / record_name(report.shard.stem)
     return report
+
+
+def _summary(env: DistEnv, report: Any, error: BaseException | None) -> dict[str, Any]:
+    """What a rank sends to the final gather."""
+    if report is None:
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return {
+            "record": None,
+            "ok": [],
+            "skipped": [],
+            "failed": [[f"rank {env.rank}", f"{type(error).__name__}: {message}"]],
+        }
+    return {
+        "record": report.record,
+        "stem": report.shard.stem,
+        "output": str(report.output),
+        "order": list(report.order),
+        "ok": report.ok,
+        "skipped": report.skipped,
+        "failed": [list(f) for f in report.failed],
+    }
+
+
+def _merge(env: DistEnv, report: Any, everyone: list[dict[str, Any]]) -> None:
+    """Rank 0: merge the records the ranks have into ``<stem>.json`` (its own, if it failed,
+    taken from the first rank that has one); ``report.html`` for ``medlsam-infer``'s run."""
+    from pathlib import Path
+
+    docs = [e["record"] for e in everyone if e.get("record")]
+    first = next((e for e in everyone if e.get("record")), None)
+    if first is None:
+        logger.error("no rank produced a run record: nothing to merge")
+        return
+    output = report.output if report is not None else Path(first["output"])
+    order = report.order if report is not None else first["order"]
+    stem = report.shard.stem if report is not None else first["stem"]
+    header = {k: v for k, v in first["record"].items() if k != "cases"}
+    path = merge_records(output, header, docs, order, stem)
+    logger.info("%d ranks finished: records merged into %s", env.world_size, path)
+    if stem == RUN:  # medlsam-infer's run: its report.html
+        from medlsam.pipeline.report import write_infer_report
+
+        write_infer_report(output)

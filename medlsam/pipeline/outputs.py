@@ -22,7 +22,6 @@ and under the PNG folder, ``<case>/overview.png`` and ``<case>/<class id>_<name>
 from __future__ import annotations
 
 import io as _bytes_io
-import json
 import logging
 import os
 import shutil
@@ -33,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from medlsam.boxes import boxes_json
+from medlsam.boxes import write_boxes_json
 from medlsam.dicom_seg import write_dicom_seg
-from medlsam.io import Volume, atomic_write_bytes, atomic_write_text, write_mask, write_organ_masks
+from medlsam.io import Volume, atomic_write_bytes, write_mask, write_organ_masks
 from medlsam.organs import organ_file_name
 from medlsam.pipeline.overlays import write_figures
 from medlsam.segment.assemble import Prediction
@@ -140,14 +139,14 @@ def write_case(
     """
     files = case_files(seg_dir, prediction.case)
     atomic_write_bytes(files["npz"], npz_bytes(prediction, classes))
-    doc = boxes_json(
+    write_boxes_json(
+        files["boxes"],
         prediction.case,
         str(volume.path) if volume.path is not None else prediction.case,
         volume.affine,
         [prediction.organs[c] for c in classes if c in prediction.organs],
         extra={"upper_bound_baseline": prediction.baseline, **(extra or {})},
     )
-    atomic_write_text(files["boxes"], json.dumps(doc, indent=2))
     written: dict[str, Any] = {k: _rel(p, seg_dir) for k, p in files.items() if k != "nifti"}
     if png_dir is not None:
         began = time.perf_counter()

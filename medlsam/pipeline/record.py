@@ -5,10 +5,12 @@ Layout::
     {"format": "medlsam-run", "version": 1,
      "upper_bound_baseline": false,           # true: boxes from the query labels (not MedLSAM)
      "uses_query_labels": [],                 # "boxes_from_labels" and/or "gt_slice_threshold"
-     "versions": {...}, "device": "cpu", "config_file": "...", "config": {...},
+     "versions": {...}, "device": "cpu", "gpu": null | "NVIDIA H100 ...",
+     "config_file": "...", "config": {...},
      "segmenter": {"backend", "checkpoint", "checkpoint_sha256"},
      "localizer": {"checkpoint", "checkpoint_sha256", "prototypes"},
-     "settings": {...},                       # everything the outputs depend on
+     "settings": {...},                       # everything the outputs depend on, with
+                                              # device type, sam_precision, medlam_precision
      "cases": {"<case>": {"status": "ok" | "failed", "error": null | "one line",
                           "seconds": {stage: s}, "slices_segmented": n,
                           "encoder_calls": n, "decoder_calls": n, ...}}}
@@ -40,6 +42,7 @@ from typing import Any
 from medlsam.config import Config
 from medlsam.errors import OutputError
 from medlsam.io import atomic_write_text
+from medlsam.localization.base import FewShotLocalizer
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +84,31 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def numerics(device: str, segmenter: Any, localizer: Any) -> dict[str, str]:
+    """Where the networks run and in which precision: ``{"device": "cpu" | "cuda",
+    "sam_precision": ..., "medlam_precision": ...}`` (a precision only for a network that
+    runs; ``fp32`` on the CPU). The device type, not its index: ranks on ``cuda:0`` and
+    ``cuda:1`` share settings."""
+    out = {"device": str(device).split(":")[0]}
+    if getattr(segmenter, "precision", None) is not None:
+        out["sam_precision"] = str(segmenter.precision)
+    if localizer is not None and getattr(localizer, "precision", None) is not None:
+        out["medlam_precision"] = str(localizer.precision)
+    return out
+
+
 def settings(
     cfg: Config,
     segmenter_sha: str | None,
     localizer_sha: str | None,
     boxes_from_labels: bool,
+    run_numerics: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """What the outputs of a case depend on (query lists and output folders excluded)."""
+    """What the outputs of a case depend on (query lists and output folders excluded), with
+    the device type and precisions of :func:`numerics`."""
     data = cfg.data
     out: dict[str, Any] = {
+        **(run_numerics or {}),
         "fg_class": list(data.fg_class),
         "backend": cfg.vit.backend,
         "overlap": cfg.vit.overlap,
@@ -101,15 +120,7 @@ def settings(
     if cfg.vit.backend.startswith("medsam"):
         out["medsam_normalization"] = cfg.vit.medsam_normalization
     if not boxes_from_labels:
-        out.update(
-            bbox_mode=data.bbox_mode.value,
-            slice_interval=data.slice_interval,
-            feature_scale_ls=list(data.feature_scale_ls),
-            rdr_steps=data.rdr_steps,
-            mss_share_mm=data.mss_share_mm,
-            localizer_sha256=localizer_sha,
-            support_images=[str(p) for p in data.support_images],
-        )
+        out.update(localizer_settings(cfg, localizer_sha))
     if cfg.vit.backend == "classic":
         out["support_images"] = [str(p) for p in data.support_images]
     if cfg.run.published:  # a query's start centres depend on the queries before it
@@ -118,36 +129,112 @@ def settings(
     return out
 
 
+def _gpu_name(device: str) -> str | None:
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def localizer_settings(cfg: Config, localizer_sha: str | None) -> dict[str, Any]:
+    """What the boxes of a case depend on."""
+    data = cfg.data
+    return {
+        "bbox_mode": data.bbox_mode.value,
+        "slice_interval": data.slice_interval,
+        "feature_scale_ls": list(data.feature_scale_ls),
+        "rdr_steps": data.rdr_steps,
+        "mss_share_mm": data.mss_share_mm,
+        "localizer_sha256": localizer_sha,
+        "support_images": [str(p) for p in data.support_images],
+        **(
+            {"localize_method": "registration", "fusion": cfg.localize.fusion}
+            if cfg.localize.method == "registration"
+            else {}
+        ),
+    }
+
+
+def fingerprint(localizer: Any) -> str | None:
+    """The localizer's weights fingerprint, or None for one that is not few-shot (tests)."""
+    return localizer.fingerprint if isinstance(localizer, FewShotLocalizer) else None
+
+
+def _common(cfg: Config, device: str) -> dict[str, Any]:
+    return {
+        "versions": versions(),
+        "device": device,
+        "gpu": _gpu_name(device),
+        "config_file": str(cfg.path),
+        "config": jsonable(cfg),
+    }
+
+
+def localize_header(cfg: Config, device: str, localizer: Any) -> dict[str, Any]:
+    """The header of a ``medlsam-localize`` record (``localize.json``): no segmenter."""
+    sha = fingerprint(localizer)
+    return {
+        "command": "localize",
+        **_common(cfg, device),
+        "localizer": _localizer_block(cfg, sha),
+        "settings": {
+            **numerics(device, None, localizer),
+            "fg_class": list(cfg.data.fg_class),
+            "seed": cfg.run.seed,
+            **localizer_settings(cfg, sha),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def run_header(
     cfg: Config, device: str, segmenter: Any, localizer: Any, baseline: bool
 ) -> dict[str, Any]:
     """The description of a run at the top of its record (everything but ``cases``)."""
-    localizer_sha = getattr(localizer, "fingerprint", None)
-    segmenter_sha = getattr(segmenter, "checkpoint_sha256", None)
+    localizer_sha = fingerprint(localizer)
+    segmenter_sha = segmenter.checkpoint_sha256
     uses = (["boxes_from_labels"] if baseline else []) + (
         ["gt_slice_threshold"] if cfg.run.use_gt_slice_threshold else []
     )
     return {
         "upper_bound_baseline": baseline,
         "uses_query_labels": uses,
-        "versions": versions(),
-        "device": device,
-        "config_file": str(cfg.path),
-        "config": jsonable(cfg),
+        **_common(cfg, device),
         "segmenter": {
             "backend": segmenter.name,
             "checkpoint": str(cfg.weight.vit_load_path) if segmenter_sha else None,
             "checkpoint_sha256": segmenter_sha,
         },
-        "localizer": None
-        if baseline
-        else {
-            "checkpoint": str(cfg.weight.medlam_load_path),
-            "checkpoint_sha256": localizer_sha,
-            "prototypes": str(cfg.data.prototypes) if cfg.data.prototypes else None,
-        },
-        "settings": settings(cfg, segmenter_sha, localizer_sha, baseline),
+        "localizer": None if baseline else _localizer_block(cfg, localizer_sha),
+        "settings": settings(
+            cfg,
+            segmenter_sha,
+            localizer_sha,
+            baseline,
+            numerics(device, segmenter, None if baseline else localizer),
+        ),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _localizer_block(cfg: Config, localizer_sha: str | None) -> dict[str, Any]:
+    """The ``localizer`` entry of a record: method, why it was chosen, checkpoint."""
+    method = cfg.localize
+    if method.method == "registration":
+        return {
+            "method": "registration",
+            "chosen_by": method.chosen_by,
+            "fusion": method.fusion,
+            "checkpoint": None,
+            "checkpoint_sha256": None,
+        }
+    return {
+        "method": "medlam",
+        "chosen_by": method.chosen_by,
+        "checkpoint": str(cfg.weight.medlam_load_path),
+        "checkpoint_sha256": localizer_sha,
+        "prototypes": str(cfg.data.prototypes) if cfg.data.prototypes else None,
     }
 
 

@@ -12,24 +12,20 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medlsam.config import Config
 from medlsam.errors import ConfigError, OutputError
 from medlsam.io import Volume, label_on_image_grid, read_image, read_label
+from medlsam.localization.base import FewShotLocalizer
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without CUDA is an error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {name!r}: CUDA is not available on this machine (use cpu or auto)"
-        )
-    return name
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda[:N]`` checked to exist
+    (:func:`medlsam.devices.resolve_device`)."""
+    from medlsam.devices import resolve_device as resolve
+
+    return resolve(name)
 
 
 def output_folders(cfg: Config, output: Path | None, boxes_from_labels: bool) -> tuple[Path, Path]:
@@ -89,7 +85,20 @@ def supports_loader(
 
 
 def build_localizer(cfg: Config, device: str) -> Any:
-    """MedLAM from ``[weight] medlam_load_path`` wrapped in a :class:`Localizer` (no prototypes)."""
+    """The ``[localize] method`` localizer, not fitted: MedLAM from ``[weight] medlam_load_path``
+    in a :class:`Localizer`, or the weight-free :class:`RegistrationLocalizer`."""
+    method = cfg.localize
+    if method.method == "registration":
+        logger.info("localizer: registration (%s)", method.chosen_by)
+        from medlsam.localization.registration import RegistrationLocalizer
+
+        return RegistrationLocalizer(
+            mode=cfg.data.bbox_mode,
+            slice_interval=cfg.data.slice_interval,
+            fusion=method.fusion,
+            seed=cfg.run.seed,
+            class_names=dict(cfg.data.class_names),
+        )
     from medlsam.localization.engine import with_engine
     from medlsam.localization.localizer import Localizer
     from medlsam.localization.network import build_medlam
@@ -97,6 +106,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
     if cfg.weight.medlam_load_path is None:
         raise ConfigError(f"{cfg.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
     model = build_medlam(cfg.weight.medlam_load_path, device)
+    logger.info("localizer: medlam (%s)", method.chosen_by)  # after the checkpoint is read
     starts = None
     if cfg.run.published:  # one start stream over the whole query list, whatever the shard
         from medlsam.localization.published import PublishedStarts, padded_query
@@ -113,17 +123,34 @@ def build_localizer(cfg: Config, device: str) -> Any:
         mss_share_mm=cfg.data.mss_share_mm,
         published=cfg.run.published,
         starts=starts,
+        precision=cfg.run.medlam_precision,
     )
 
 
 def prepare_localizer(localizer: Any, cfg: Config, supports: Callable[[], Iterable]) -> None:
     """Load ``[data] prototypes`` when the file exists, else fit (and save there when named)."""
-    path = cfg.data.prototypes
+    path = cfg.data.prototypes if hasattr(localizer, "load_prototypes") else None
     if path is not None and Path(path).is_file():
         localizer.load_prototypes(path, cfg.data.fg_class)
         logger.info("prototypes read from %s", path)
         return
     localizer.fit(supports(), cfg.data.fg_class)
-    if path is not None:
+    if path is not None and hasattr(localizer, "save_prototypes"):
         localizer.save_prototypes(path)
         logger.info("prototypes saved to %s", path)
+
+
+def prepare_or_share(
+    share: Callable[..., None] | None,
+    localizer: Any,
+    cfg: Config,
+    supports: Callable[[], Iterable],
+    needed: bool,
+) -> None:
+    """Get the localizer's prototypes: ``share(localizer, cfg, supports, needed)`` when given
+    (under ``torchrun`` every rank takes part, needed or not:
+    :mod:`medlsam.pipeline.distributed`), else :func:`prepare_localizer` when ``needed``."""
+    if share is not None and isinstance(localizer, FewShotLocalizer):
+        share(localizer, cfg, supports, needed)
+    elif needed:  # every rank fits a localizer without prototypes itself (registration: cheap)
+        prepare_localizer(localizer, cfg, supports)

@@ -26,24 +26,25 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medlsam.errors import ConfigError, OutputError
 from medlsam.io import atomic_write_text
 from medlsam.pipeline.record import FORMAT, VERSION
-from medlsam.records import RECORD, read_record, record_files  # noqa: F401 (re-exported)
+from medlsam.records import RECORD, RUN, read_record, record_files, record_name  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Shard:
-    """Shard ``index`` (1-based) of ``count``."""
+    """Shard ``index`` (1-based) of ``count`` of a command's run (``stem`` names its records)."""
 
     index: int = 1
     count: int = 1
+    stem: str = field(default=RUN, compare=False)
 
     def __post_init__(self) -> None:
         if not (1 <= self.index <= self.count):
@@ -57,7 +58,7 @@ class Shard:
 
     @property
     def record_name(self) -> str:
-        return RECORD if self.count == 1 else f"run.shard-{self.index}-of-{self.count}.json"
+        return record_name(self.stem, self.index, self.count)
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -80,7 +81,7 @@ def _changed(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 
 
 def sibling_entries(
-    folder: Path, own: str, settings: Mapping[str, Any], overwrite: bool
+    folder: Path, own: str, settings: Mapping[str, Any], overwrite: bool, stem: str = RUN
 ) -> dict[str, dict[str, Any]]:
     """``ok`` case entries of the folder's other records made with the same ``settings``.
 
@@ -89,7 +90,7 @@ def sibling_entries(
             it describes outputs this run replaces).
     """
     entries: dict[str, dict[str, Any]] = {}
-    for path in record_files(folder):
+    for path in record_files(folder, stem):
         if path.name == own:
             continue
         doc = read_record(path)
@@ -125,13 +126,14 @@ def merge_records(
     header: Mapping[str, Any],
     shard_docs: Sequence[Mapping[str, Any]],
     order: Sequence[str],
+    stem: str = RUN,
 ) -> Path:
-    """Write ``folder/run.json``: ``header`` plus the case entries of every shard record.
+    """Write ``folder/<stem>.json``: ``header`` plus the case entries of every shard record.
 
     Entries of an existing ``run.json`` with the same settings are kept for cases no shard
     has; cases are listed in ``order`` (the query list), then any others.
     """
-    path = folder / RECORD
+    path = folder / record_name(stem)
     cases: dict[str, Any] = {}
     if path.is_file():
         old = read_record(path)
@@ -147,7 +149,7 @@ def merge_records(
     doc["shards"] = {
         "count": max(counts) if counts else 1,
         "records": [
-            Shard(int(d["shard"]["index"]), int(d["shard"]["count"])).record_name
+            record_name(stem, int(d["shard"]["index"]), int(d["shard"]["count"]))
             for d in shard_docs
             if "shard" in d
         ],
@@ -160,17 +162,17 @@ def merge_records(
 def merge_if_complete(
     folder: Path, shard: Shard, header: Mapping[str, Any], order: Sequence[str]
 ) -> Path | None:
-    """Merge the records of ``shard``'s layout into ``run.json`` once all have finished."""
+    """Merge the records of ``shard``'s layout into ``<stem>.json`` once all have finished."""
     docs = []
     for k in range(1, shard.count + 1):
-        path = folder / Shard(k, shard.count).record_name
+        path = folder / record_name(shard.stem, k, shard.count)
         doc = read_record(path) if path.is_file() else None
         if doc is None or _changed(doc.get("settings", {}), header.get("settings", {})):
             return None
         if not shard_complete(doc):
             return None
         docs.append(doc)
-    merged = merge_records(folder, header, docs, order)
+    merged = merge_records(folder, header, docs, order, shard.stem)
     logger.info("all %d shards finished: records merged into %s", shard.count, merged)
     return merged
 

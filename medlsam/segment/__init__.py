@@ -68,7 +68,7 @@ def build_segmenter(
     """Build the backend named by ``vit.backend`` (and fit it when supports are given).
 
     Args:
-        vit: the ``[vit]`` section (backend, MedSAM normalisation).
+        vit: the ``[vit]`` section (backend, MedSAM normalisation, precision on CUDA).
         checkpoint: ``[weight] vit_load_path`` (ignored by ``classic``).
         device: where a network runs.
         supports, classes: support ``(image, label)`` pairs and organ ids; when given,
@@ -77,8 +77,8 @@ def build_segmenter(
             no network and ignores it).
         published: SAM backends build their slice images as the published code does
             (``[run] reproduce = published``: :func:`medlsam.preprocess.sam_window_published`).
-        options: passed to the builder (for SAM: ``batch_size``, ``autocast_dtype``,
-            ``workers``).
+        options: passed to the builder (for SAM: ``batch_size``, ``precision``,
+            ``workers``, ``worker_kind``).
 
     Raises:
         ConfigError: unknown backend name.
@@ -95,6 +95,10 @@ def build_segmenter(
         options = {"engine": engine, **options}
     if published and vit.backend != "classic":
         options = {"window": "published", **options}
+    if vit.backend != "classic":
+        options = {"precision": vit.precision, **options}
+    else:
+        options = {"adapt": vit.classic_contrast == "adapt", **options}
     segmenter = builder(Path(checkpoint) if checkpoint is not None else None, device, **options)
     if supports is not None:
         segmenter.fit(supports, list(classes or ()))

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medlsam.boxes import Box3D, OrganBoxes
+from medlsam.config import OVERLAP_RULES
 from medlsam.preprocess import slice_frame
 from medlsam.segment.base import FRAME, SliceRequest, SliceResult
 
@@ -49,7 +50,6 @@ from medlsam.segment.base import FRAME, SliceRequest, SliceResult
 MARGIN = 10
 #: The manual-prompt baseline enlarges each side by a random 0..MAX_JITTER-1 pixels.
 MAX_JITTER = 20
-OVERLAP_RULES = ("score", "later")
 
 
 @dataclass(frozen=True)

@@ -119,11 +119,17 @@ class BoxSegmenter(Protocol):
         name: the registry name (``config.SEGMENTER_NAMES``).
         stats: cumulative :class:`SegmenterStats`.
         checkpoint_sha256: sha256 of the weights file, or None for a weight-free backend.
+        needs_supports: True while the backend still has to learn from support scans.
     """
 
     name: str
     stats: SegmenterStats
     checkpoint_sha256: str | None
+
+    @property
+    def needs_supports(self) -> bool:
+        """Whether :meth:`fit` on the support scans must run before :meth:`segment` can."""
+        ...
 
     def fit(self, supports: Sequence[tuple[Volume, Volume]], classes: Sequence[int]) -> None:
         """Learn what the backend needs from support ``(image, label)`` pairs (may do nothing)."""

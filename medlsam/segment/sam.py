@@ -18,21 +18,25 @@ What is published (method.md 1.2 and 6) and kept:
 What is different (method.md 10.1 items 13 and 18-19): each slice goes through the image
 encoder once, whatever the number of organs and sub-boxes crossing it, and all boxes of a
 slice are decoded in one batched prompt-encoder + mask-decoder call; slices with no box are
-never encoded; embeddings are not cached beyond the current batch of slices; on CUDA several
-slices are encoded per batch under autocast (bfloat16 where supported, float16 otherwise) while
-a thread pool prepares the next batch; on the CPU everything runs in float32. Checkpoints are
-read with ``map_location="cpu"`` and ``weights_only=True`` and checked key by key before
-anything runs; nothing is ever downloaded.
+never encoded; embeddings are not cached beyond the current batch of slices. On CUDA several
+slices are encoded per batch, in the precision asked for (``precision``: ``fp32`` as
+published, or ``bf16``/``fp16`` autocast), while a pool of worker *processes* prepares the next
+batches (the order-2 resize holds the GIL, so threads would prepare one slice at a time); on
+the CPU everything runs in float32 and slices are prepared by one thread ahead of the
+encoder. Checkpoints are read with ``map_location="cpu"`` and ``weights_only=True`` and
+checked key by key before anything runs; nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +46,15 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
 from medlsam.checkpoint import describe, file_sha256, fit_problems, load_weights
+from medlsam.devices import Stopwatch, autocast_dtype, effective
 from medlsam.engine import resolve_engine
 from medlsam.errors import CheckpointError
 from medlsam.export_cache import ExportCache
 from medlsam.io import Volume
 from medlsam.preprocess import (
     SAM_WINDOW,
-    sam_slice,
-    sam_window_published,
+    sam_slice_from_hu,
+    sam_slices_from_hu,
     slice_2d,
     slice_frame,
 )
@@ -157,9 +162,13 @@ class SamSegmenter:
         normalization: ``"imagenet"`` (published: the model's pixel mean/std) or ``"unit"``
             (each 1024 image min-max scaled to [0, 1], MedSAM's own code).
         batch_size: slices per encoder pass (default 8 on CUDA, 1 on the CPU).
-        autocast_dtype: dtype of the encoder's CUDA autocast; ``"auto"`` = bfloat16 where
-            supported, else float16; None = float32. The CPU always runs float32.
-        workers: threads preparing slice images ahead of the encoder (default 4 on CUDA, 1).
+        precision: the image encoder's precision on CUDA: ``"fp32"`` (published), ``"bf16"``
+            or ``"fp16"`` (autocast). The CPU always runs float32.
+        workers: how many slice batches are prepared ahead of the encoder (default 4 on
+            CUDA, 1 on the CPU).
+        worker_kind: ``"process"`` (default on CUDA with several workers: a spawned process
+            pool, so preparation runs in parallel with the encoder and itself) or
+            ``"thread"`` (default otherwise).
         checkpoint_sha256: recorded in ``run.json``.
         zero_raw_zero: force voxels of exactly 0 HU to black, as the published code does.
         engine: how the image encoder runs on the CPU (``[run] engine``: ``torch`` or ``auto``
@@ -178,11 +187,12 @@ class SamSegmenter:
         name: str = "sam",
         normalization: str = "imagenet",
         batch_size: int | None = None,
-        autocast_dtype: torch.dtype | str | None = "auto",
+        precision: str = "fp32",
         workers: int | None = None,
         checkpoint_sha256: str | None = None,
         zero_raw_zero: bool = False,
         fast_encoder: bool = True,
+        worker_kind: str | None = None,
         engine: str = "torch",
         export_cache: ExportCache | None = None,
         window: str = "medlsam",
@@ -202,14 +212,14 @@ class SamSegmenter:
         self.normalization = normalization
         cuda = self.device.type == "cuda"
         self.batch_size = max(1, int(batch_size or (8 if cuda else 1)))
-        self.workers = max(1, int(workers or (4 if cuda else 1)))
-        if autocast_dtype == "auto":
-            autocast_dtype = (
-                torch.bfloat16
-                if cuda and torch.cuda.is_bf16_supported()
-                else (torch.float16 if cuda else None)
-            )
-        self.autocast_dtype = autocast_dtype if cuda else None
+        self.workers = max(1, int(workers or (min(4, os.cpu_count() or 1) if cuda else 1)))
+        kind = worker_kind or ("process" if cuda and self.workers > 1 else "thread")
+        if kind not in ("process", "thread"):
+            raise ValueError(f"worker_kind must be 'process' or 'thread', not {kind!r}")
+        self.worker_kind = kind
+        #: the precision the encoder really runs in (``fp32`` on the CPU)
+        self.precision = effective(precision, self.device)
+        self.autocast_dtype = autocast_dtype(self.precision)
         self.checkpoint_sha256 = checkpoint_sha256
         self.zero_raw_zero = zero_raw_zero
         if window not in ("medlsam", "published"):
@@ -225,15 +235,15 @@ class SamSegmenter:
             if self.engine == "torch"
             else EngineEncoder(self.model.image_encoder, self.engine, export_cache)
         )
+        self._processes: ProcessPoolExecutor | None = None
+
+    #: SAM needs no support scans (it is prompted with boxes only)
+    needs_supports = False
 
     def fit(self, supports: Sequence[tuple[Volume, Volume]], classes: Sequence[int]) -> None:
         """Nothing to learn: SAM is prompted by boxes only."""
 
     # -- the three network steps -------------------------------------------------------------
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1024, 1024, 3)`` uint8 (channels last) -> ``(B, 3, 1024, 1024)`` float32."""
@@ -247,18 +257,17 @@ class SamSegmenter:
     @torch.inference_mode()
     def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Image embeddings ``(B, C, 64, 64)`` float32 of ``(B, 1024, 1024, 3)`` uint8 images."""
-        began = time.perf_counter()
-        x = self.normalize(torch.as_tensor(images))
-        if self.autocast_dtype is not None:
-            with torch.autocast("cuda", dtype=self.autocast_dtype):
-                emb = self.model.image_encoder(x)
-        else:
-            emb = self.encoder(x)
-        emb = emb.float()
-        self._sync()
+        with Stopwatch(self.device) as clock:  # synchronises CUDA at both ends
+            x = self.normalize(torch.as_tensor(images))
+            if self.autocast_dtype is not None:
+                with torch.autocast("cuda", dtype=self.autocast_dtype):
+                    emb = self.model.image_encoder(x)
+            else:
+                emb = self.encoder(x)
+            emb = emb.float()
         self.stats.encoder_calls += int(x.shape[0])
         self.stats.encoder_batches += 1
-        self.stats.add_time("encoder", time.perf_counter() - began)
+        self.stats.add_time("encoder", clock.seconds)
         return emb
 
     @torch.inference_mode()
@@ -276,6 +285,7 @@ class SamSegmenter:
             probs ``(N, H, W)`` float32 (sigmoid, bilinear to 1024, nearest to ``(H, W)``) and
             the predicted IoU ``(N,)`` float32.
         """
+        self._sync_for_timing()
         began = time.perf_counter()
         box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device)
         sparse, dense = self.model.prompt_encoder(points=None, boxes=box_t, masks=None)
@@ -291,7 +301,7 @@ class SamSegmenter:
         rows = torch.as_tensor(nearest_index(out_hw[0]), device=self.device)
         cols = torch.as_tensor(nearest_index(out_hw[1]), device=self.device)
         prob = prob[:, 0].index_select(1, rows).index_select(2, cols)
-        out = prob.cpu().numpy(), iou[:, 0].float().cpu().numpy()
+        out = prob.cpu().numpy(), iou[:, 0].float().cpu().numpy()  # .cpu() waits for CUDA
         self.stats.decoder_calls += 1
         self.stats.add_time("decoder", time.perf_counter() - began)
         return out
@@ -311,6 +321,10 @@ class SamSegmenter:
 
     # -- whole volume ------------------------------------------------------------------------
 
+    def _sync_for_timing(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def slice_image(
         self, volume: Volume, axis: int, index: int, lo: float, hi: float
     ) -> np.ndarray:
@@ -321,20 +335,30 @@ class SamSegmenter:
         whole volume.
         """
         began = time.perf_counter()
-        plane = slice_2d(volume.data, axis, index)
-        if self.window == "published":
-            image = sam_slice(sam_window_published(plane, lo, hi))
-            with self._lock:
-                self.stats.add_time("slice_preprocess", time.perf_counter() - began)
-            return image
-        clipped = np.clip(plane, *SAM_WINDOW).astype(np.float32)
-        scaled = (clipped - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(clipped)
-        if self.zero_raw_zero:
-            scaled[plane == 0] = 0
-        image = sam_slice(scaled)
+        image = sam_slice_from_hu(
+            slice_2d(volume.data, axis, index), lo, hi, self.zero_raw_zero, self.window
+        )
         with self._lock:  # called from worker threads
             self.stats.add_time("slice_preprocess", time.perf_counter() - began)
         return image
+
+    def _pool(self) -> Executor:
+        """The preparation pool: a process pool kept for the segmenter's life, or threads."""
+        if self.worker_kind == "thread":
+            return ThreadPoolExecutor(max_workers=self.workers)
+        if self._processes is None:
+            # spawn: never fork a process that holds CUDA state and torch's threads
+            self._processes = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+            weakref.finalize(self, self._processes.shutdown, wait=False, cancel_futures=True)
+        return self._processes
+
+    def close(self) -> None:
+        """Stop the preparation processes (a later :meth:`segment` starts new ones)."""
+        if self._processes is not None:
+            self._processes.shutdown(wait=True, cancel_futures=True)
+            self._processes = None
 
     def segment(self, volume: Volume, requests: Sequence[SliceRequest]) -> Iterator[SliceResult]:
         """Segment every request of a query, encoding each requested slice exactly once."""
@@ -347,16 +371,14 @@ class SamSegmenter:
         chunks = [
             requests[i : i + self.batch_size] for i in range(0, len(requests), self.batch_size)
         ]
-
-        def prepare(chunk: Sequence[SliceRequest]) -> np.ndarray:
-            return np.stack([self.slice_image(volume, axis, r.index, lo, hi) for r in chunk])
-
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            ahead = [pool.submit(prepare, chunk) for chunk in chunks[: self.workers]]
+        pool = self._pool()
+        submit = self._submitter(pool, volume, axis, lo, hi)
+        try:
+            ahead = [submit(chunk) for chunk in chunks[: self.workers]]
             for n, chunk in enumerate(chunks):
-                images = ahead.pop(0).result()
+                images = self._collect(ahead.pop(0))
                 if n + self.workers < len(chunks):
-                    ahead.append(pool.submit(prepare, chunks[n + self.workers]))
+                    ahead.append(submit(chunks[n + self.workers]))
                 embeddings = self.encode(images)
                 for k, request in enumerate(chunk):
                     if len(request) == 0:
@@ -366,6 +388,32 @@ class SamSegmenter:
                     self.stats.boxes += len(request)
                     yield SliceResult(request.index, probs > 0.5, scores, probs)
                 del embeddings
+        finally:
+            if isinstance(pool, ThreadPoolExecutor):
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submitter(self, pool: Executor, volume: Volume, axis: int, lo: float, hi: float):
+        """``submit(chunk) -> Future`` of the chunk's images (and, from processes, seconds)."""
+        if isinstance(pool, ThreadPoolExecutor):
+
+            def prepare(chunk: Sequence[SliceRequest]) -> np.ndarray:
+                return np.stack([self.slice_image(volume, axis, r.index, lo, hi) for r in chunk])
+
+            return lambda chunk: pool.submit(prepare, chunk)
+
+        def submit_to_process(chunk: Sequence[SliceRequest]):
+            planes = np.stack([slice_2d(volume.data, axis, r.index) for r in chunk])
+            return pool.submit(sam_slices_from_hu, planes, lo, hi, self.zero_raw_zero, self.window)
+
+        return submit_to_process
+
+    def _collect(self, future) -> np.ndarray:
+        out = future.result()
+        if isinstance(out, tuple):  # from a worker process: (images, seconds spent there)
+            images, seconds = out
+            self.stats.add_time("slice_preprocess", seconds)
+            return images
+        return out
 
 
 def build_sam_segmenter(

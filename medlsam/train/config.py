@@ -83,6 +83,10 @@ class TrainConfig:
     freeze_first_stage: bool = False
     near_pair_fraction: float = 0.0
     near_pair_mm: float = 60.0
+    #: processes preparing batches (None: 4 on CUDA, 0 = in the training process on the CPU)
+    num_workers: int | None = None
+    #: mixed precision on CUDA (bfloat16 autocast where supported, else float16 + loss scaling)
+    amp: bool = False
 
 
 # section -> key -> required
@@ -101,6 +105,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "augment": False,
         "near_pair_fraction": False,
         "near_pair_mm": False,
+        "num_workers": False,
     },
     "network": {
         "net_type": False,
@@ -130,6 +135,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "lr_gamma": False,
         "save_every": False,
         "freeze_first_stage": False,
+        "amp": False,
     },
 }
 
@@ -164,23 +170,8 @@ class _Reader(SectionReader):
         return paths
 
 
-def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
-    """Load a MedLAM training config (published ``.txt`` format plus medlsam's keys).
-
-    Raises:
-        ConfigError: one line naming the file, the key, the value and what was expected (with
-            the closest known key for a misspelt one), or the missing list files.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: training config not found")
-    r = _Reader(path, read_raw(path), _KNOWN)
-    r.fixed("data", "patch_size", [64, 64, 64])
-    r.fixed("data", "class_num", 3)
-    r.fixed("network", "class_num", 3)
-    r.fixed("network", "net_type", "MedLAM")
-    r.fixed("network", "dilation", 1)
-    r.fixed("network", "input_channel", 1)
+def _ratio_scales_interpolation(r: _Reader) -> tuple[list, list, str]:
+    """``[data] distance_ratio``, ``[training] mss_scales`` and ``[data] interpolation``."""
     ratio = r.get("data", "distance_ratio", [1500.0, 600.0, 600.0])
     if not (
         isinstance(ratio, list)
@@ -213,6 +204,27 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
             interpolation,
             f"spline or linear{suggest(str(interpolation), ['spline', 'linear'])}",
         )
+    return ratio, scales, interpolation
+
+
+def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Load a MedLAM training config (published ``.txt`` format plus medlsam's keys).
+
+    Raises:
+        ConfigError: one line naming the file, the key, the value and what was expected (with
+            the closest known key for a misspelt one), or the missing list files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: training config not found")
+    r = _Reader(path, read_raw(path), _KNOWN)
+    r.fixed("data", "patch_size", [64, 64, 64])
+    r.fixed("data", "class_num", 3)
+    r.fixed("network", "class_num", 3)
+    r.fixed("network", "net_type", "MedLAM")
+    r.fixed("network", "dilation", 1)
+    r.fixed("network", "input_channel", 1)
+    ratio, scales, interpolation = _ratio_scales_interpolation(r)
     pretrained = None
     if r.boolean("training", "load_pretrained_model", False):
         pretrained = r.path_value("training", "pretrained_model_path")
@@ -264,4 +276,6 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
         freeze_first_stage=r.boolean("training", "freeze_first_stage", False),
         near_pair_fraction=near_fraction,
         near_pair_mm=near_mm,
+        num_workers=r.int_value("data", "num_workers", None, minimum=0),
+        amp=r.boolean("training", "amp", False),
     )

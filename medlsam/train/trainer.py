@@ -38,11 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlsam.errors import CheckpointError, ConfigError, InputError
+from medlsam.devices import resolve_device
+from medlsam.errors import CheckpointError, InputError
 from medlsam.io import atomic_write_bytes
 from medlsam.localization.network import MedLAM, build_medlam, load_state_dict_file, save_medlam
 from medlsam.train.config import TrainConfig, load_train_config
-from medlsam.train.data import Augment, cache_folder, fixed_pairs, load_volume, sample_batch
+from medlsam.train.data import Augment, cache_folder, fixed_pairs, load_volume
+from medlsam.train.loader import StepBatches, batches, default_workers
 from medlsam.train.losses import mss_loss, predicted_distance, rdr_loss
 
 logger = logging.getLogger(__name__)
@@ -78,9 +80,16 @@ def output_paths(config: TrainConfig) -> dict[str, Path]:
 class Trainer:
     """Trains a MedLAM on ``device`` from a :class:`TrainConfig`.
 
-    Random state: a numpy generator (data, anchors) and the torch generator (weights init,
-    dropout) are seeded from ``random_seed`` inside a forked torch RNG scope, so the caller's
-    global random state is untouched.
+    Random state: each step's batch has its own generator (:mod:`medlsam.train.loader`); a
+    numpy generator (MSS anchors) and the torch generators (weights init, dropout; the CUDA
+    one on a GPU) are seeded from ``random_seed`` inside a forked torch RNG scope, so the
+    caller's global random state is untouched; all are saved and restored with the training
+    state, so a resumed run equals an uninterrupted one on the same device.
+
+    On CUDA, batches are prepared by ``num_workers`` DataLoader processes into pinned memory
+    while the GPU trains, and ``amp`` trains under bfloat16 autocast (float16 with loss scaling
+    where bfloat16 is missing). :attr:`timing` splits the seconds between waiting for data
+    and the training step.
     """
 
     def __init__(self, config: TrainConfig, device: torch.device | str = "cpu") -> None:
@@ -88,15 +97,16 @@ class Trainer:
         self.device = torch.device(device)
         self.paths = output_paths(config)
         self.rng = np.random.default_rng(config.random_seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.random_seed)
+        self.cuda_state: torch.Tensor | None = None
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(config.random_seed)  # seeds the CUDA generators too
             if config.pretrained_model_path is not None:
                 model = build_medlam(
                     config.pretrained_model_path, "cpu", config.base_feature_number
                 )
             else:
                 model = MedLAM(config.base_feature_number)
-            self.torch_state = torch.random.get_rng_state()
+            self._keep_rng()
         model.dropout.p = config.drop_rate
         if config.freeze_first_stage:
             for layer in (model.conv0_1, model.conv0_2):
@@ -116,6 +126,36 @@ class Trainer:
         self.volumes: list[np.ndarray] = []
         self.valid: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.augment = Augment() if config.augment else Augment.none()
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.timing = {"data_s": 0.0, "compute_s": 0.0}
+
+    def _rng_devices(self) -> list[int]:
+        """The CUDA device whose generator training uses (none on the CPU)."""
+        if self.device.type != "cuda":
+            return []
+        index = self.device.index
+        return [torch.cuda.current_device() if index is None else index]
+
+    def _keep_rng(self) -> None:
+        """Remember the torch (and CUDA) generator states (inside the forked scope)."""
+        self.torch_state = torch.random.get_rng_state()
+        for index in self._rng_devices():
+            self.cuda_state = torch.cuda.get_rng_state(index)
+
+    def _restore_rng(self) -> None:
+        torch.random.set_rng_state(self.torch_state)
+        for index in self._rng_devices():
+            if self.cuda_state is not None:
+                torch.cuda.set_rng_state(self.cuda_state, index)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not self.config.amp:
+            return None
+        if self.device.type != "cuda":
+            logger.warning("[training] amp applies on CUDA only; training on the CPU in fp32")
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     # ----------------------------------------------------------------------------------------
     # data
@@ -150,7 +190,7 @@ class Trainer:
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """RDR and MSS losses of one batch (from :func:`medlsam.train.data.sample_batch`)."""
         cfg = self.config
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         scales = cfg.mss_scales
         ori = [self.model(batch[f"ori{p}"], fc=True, features=scales) for p in range(2)]
         rdr = rdr_loss(
@@ -177,26 +217,34 @@ class Trainer:
             mss = rdr.new_zeros(())
         return {"loss": rdr + mss, "rdr": rdr, "mss": mss}
 
-    def draw_batch(self) -> dict[str, torch.Tensor]:
-        use_aug = bool(self.config.mss_scales) and self.config.mss_weight > 0
-        return sample_batch(
+    def dataset(self) -> StepBatches:
+        """The batches of every step (item ``n``: the batch of step ``n``)."""
+        cfg = self.config
+        return StepBatches(
             self.volumes,
-            self.rng,
-            self.config.batch_size,
+            cfg.random_seed,
+            cfg.batch_size,
             self.augment,
-            with_aug=use_aug,
-            near_fraction=self.config.near_pair_fraction,
-            near_mm=self.config.near_pair_mm,
+            with_aug=bool(cfg.mss_scales) and cfg.mss_weight > 0,
+            near_fraction=cfg.near_pair_fraction,
+            near_mm=cfg.near_pair_mm,
         )
+
+    def draw_batch(self) -> dict[str, torch.Tensor]:
+        """The batch of the next step, drawn in this process."""
+        return self.dataset()[self.step]
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        parts = self.losses(batch)
+        dtype = self.amp_dtype
+        with torch.autocast("cuda", dtype or torch.float16, enabled=dtype is not None):
+            parts = self.losses(batch)
         if not torch.isfinite(parts["loss"]):
             raise FloatingPointError(f"loss is {parts['loss'].item()} at step {self.step}")
-        parts["loss"].backward()
-        self.optimizer.step()
+        self.scaler.scale(parts["loss"]).backward()  # no scaling unless float16 AMP
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.step += 1
         if self.step % self.config.iter_num == 0:
             self.scheduler.step()
@@ -238,6 +286,9 @@ class Trainer:
             "best_loss": self.best_valid,
             "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": self.torch_state,
+            "cuda_rng": self.cuda_state,
+            "device_type": self.device.type,
+            "grad_scaler": self.scaler.state_dict(),
             "base_feature_number": self.config.base_feature_number,
         }
         buffer = io.BytesIO()
@@ -272,6 +323,19 @@ class Trainer:
         self.best_valid = state.get("best_loss")
         self.rng.bit_generator.state = json.loads(state["numpy_rng"])
         self.torch_state = state["torch_rng"]
+        saved_on = state.get("device_type", "cpu")
+        if saved_on == self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            self.cuda_state = state["cuda_rng"]
+        elif saved_on != self.device.type:
+            logger.warning(
+                "%s: saved on %s, resumed on %s: dropout draws and float rounding differ from "
+                "an uninterrupted run",
+                path,
+                saved_on,
+                self.device.type,
+            )
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         logger.info("resumed from %s at step %d", path, self.step)
 
     # ----------------------------------------------------------------------------------------
@@ -318,10 +382,18 @@ class Trainer:
 
     def _loop(self, total: int, bar, log: Path, began: float) -> None:
         cfg = self.config
-        with torch.random.fork_rng(devices=[]), open(log, "a", encoding="utf-8") as handle:
-            torch.random.set_rng_state(self.torch_state)
+        workers = default_workers(self.device, cfg.num_workers)
+        data = batches(self.dataset(), self.step, total, workers, self.device.type == "cuda")
+        forked = torch.random.fork_rng(devices=self._rng_devices())
+        with forked, open(log, "a", encoding="utf-8") as handle:
+            self._restore_rng()
             while self.step < total:
-                values = self.train_step(self.draw_batch())
+                waited = time.perf_counter()
+                batch = next(data)
+                stepped = time.perf_counter()
+                values = self.train_step(batch)  # ends in a .item(): synchronised
+                self.timing["data_s"] += stepped - waited
+                self.timing["compute_s"] += time.perf_counter() - stepped
                 last = self.last_loss = values["loss"]
                 bar.update(1)
                 bar.set_postfix(
@@ -334,19 +406,20 @@ class Trainer:
                         "lr": self.optimizer.param_groups[0]["lr"],
                         **values,
                         "seconds": round(time.perf_counter() - began, 2),
+                        **{k: round(v, 2) for k, v in self.timing.items()},
                     }
                     handle.write(json.dumps(record) + "\n")
                     handle.flush()
                 if self.step % cfg.save_every == 0 or self.step == total:
                     self._checkpoint(handle)
-            self.torch_state = torch.random.get_rng_state()
+            self._keep_rng()
 
     def _checkpoint(self, handle) -> None:
         valid = self.validate()
         improved = math.isfinite(valid) and (self.best_valid is None or valid < self.best_valid)
         if improved:
             self.best_valid = valid
-        self.torch_state = torch.random.get_rng_state()
+        self._keep_rng()
         self.save()
         if improved:
             save_medlam(self.model, self.paths["best"])
@@ -393,9 +466,6 @@ def train(
 
 
 def check_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; ``cuda`` without CUDA is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use cpu")
-    return torch.device(name)
+    """``auto`` -> CUDA if available else CPU; ``cuda[:N]`` checked to exist (ConfigError, one
+    line, naming the devices there are)."""
+    return torch.device(resolve_device(name))

@@ -11,13 +11,14 @@ import torch
 from conftest import make_ct
 
 from medlsam.cli.localize import main
-from medlsam.config import write_config_txt
+from medlsam.config import load_config, write_config_txt
+from medlsam.errors import ConfigError
 from medlsam.io import write_nifti, write_path_list
 from medlsam.localization.network import MedLAM, save_medlam
 
 
-def _config(root, name, data_extra, checkpoint):
-    data = {
+def _config_data(root):
+    return {
         "query_image_ls": root / "query_image.txt",
         "query_label_ls": root / "query_label.txt",
         "fg_class": [1, 2],
@@ -26,7 +27,10 @@ def _config(root, name, data_extra, checkpoint):
         "feature_scale_ls": ["feature0"],
         "seg_save_path": root / "out",
     }
-    data.update(data_extra)
+
+
+def _config(root, name, data_extra, checkpoint):
+    data = {**_config_data(root), **data_extra}
     return write_config_txt(
         root / name,
         {
@@ -145,3 +149,81 @@ def test_mis_shaped_checkpoint_is_one_line(cohort, capsys):
     assert main(["--config", str(config)]) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.pth" in err[0] and "fc1.weight" in err[0]
+
+
+def test_needs_no_sam_weights(cohort, capsys):
+    root = cohort["root"]
+    out = root / "out_no_sam"
+    data = {"prototypes": root / "protos.pt", "seg_save_path": out}
+    # a SAM backend whose checkpoint does not exist: medlsam-infer refuses, localize runs
+    sections = {
+        "data": {**_config_data(root), **data},
+        "vit": {"net_type": "vit_b", "backend": "sam_vit_b"},
+        "weight": {
+            "medlam_load_path": cohort["checkpoint"],
+            "vit_load_path": root / "absent_sam_vit_b.pth",
+        },
+        "run": {"seed": 5, "device": "cpu"},
+    }
+    config = write_config_txt(root / "no_sam.txt", sections)
+    with pytest.raises(ConfigError, match="absent_sam_vit_b.pth"):
+        load_config(config)
+    assert main(["--config", str(config), "--quiet"]) == 0
+    assert (out / "query_a.boxes.json").is_file()
+    record = json.loads((out / "localize.json").read_text())
+    assert record["command"] == "localize" and "segmenter" not in record
+
+
+def test_killed_run_resumes_without_redoing_finished_cases(cohort, capsys, monkeypatch):
+    from medlsam.localization.localizer import Localizer
+
+    root = cohort["root"]
+    out = root / "out_resume"
+    data = {"prototypes": root / "protos.pt", "seg_save_path": out}
+    config = _config(root, "resume.txt", data, cohort["checkpoint"])
+    real = Localizer.predict
+    calls = []
+
+    def killed_on_second(self, volume):
+        calls.append(volume.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, volume)
+
+    monkeypatch.setattr(Localizer, "predict", killed_on_second)
+    assert main(["--config", str(config), "--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    record = json.loads((out / "localize.json").read_text())
+    assert record["cases"]["query_a"]["status"] == "ok"
+    assert record["cases"]["query_b"]["status"] == "interrupted"
+    assert not (out / "query_b.boxes.json").exists()
+
+    calls.clear()
+    monkeypatch.setattr(Localizer, "predict", lambda self, v: calls.append(v.name) or real(self, v))
+    assert main(["--config", str(config), "--quiet"]) == 0
+    assert calls == ["query_b"]  # query_a was finished: skipped, not localized again
+    record = json.loads((out / "localize.json").read_text())
+    assert {c: e["status"] for c, e in record["cases"].items()} == {
+        "query_a": "ok",
+        "query_b": "ok",
+    }
+    scored = json.loads((out / "box_metrics.json").read_text())["cases"]
+    assert {s["case"] for s in scored} == {"query_a", "query_b"}  # the skipped case too
+
+
+def test_shards_write_their_records_and_the_last_merges(cohort, capsys):
+    root = cohort["root"]
+    out = root / "out_shards"
+    data = {"prototypes": root / "protos.pt", "seg_save_path": out}
+    config = _config(root, "shards.txt", data, cohort["checkpoint"])
+    assert main(["--config", str(config), "--quiet", "--shard", "2/2"]) == 0
+    assert (out / "query_b.boxes.json").is_file() and not (out / "query_a.boxes.json").exists()
+    assert not (out / "localize.json").exists()
+    assert main(["--config", str(config), "--quiet", "--shard", "1/2"]) == 0
+    merged = json.loads((out / "localize.json").read_text())
+    assert set(merged["cases"]) == {"query_a", "query_b"}
+    assert sorted(merged["shards"]["records"]) == [
+        "localize.shard-1-of-2.json",
+        "localize.shard-2-of-2.json",
+    ]
+    assert "[shard 1/2]" in capsys.readouterr().err

@@ -25,15 +25,20 @@ def test_packaged_demo_checkpoint_is_small_and_loads() -> None:
 
 def _check_outputs(out: Path, printed: str, queries: int) -> None:
     assert "| liver |" in printed and "mean over organs" in printed
-    seg = out / "seg"
-    cases = sorted(p.name for p in seg.glob("*.boxes.json"))
-    assert len(cases) == queries
-    boxes = json.loads((seg / cases[0]).read_text())
-    assert boxes  # something was localized
-    assert len(list(seg.glob("*.nii.gz"))) == queries
-    assert any((out / "png").rglob("*.png"))
-    summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert summary["n_cases"] == queries
+    header = next(line for line in printed.splitlines() if line.startswith("| id | organ"))
+    assert "DSC medlam" in header and "DSC registration" in header  # side by side
+    for method in ("medlam", "registration"):
+        seg = out / method / "seg"
+        cases = sorted(p.name for p in seg.glob("*.boxes.json"))
+        assert len(cases) == queries
+        boxes = json.loads((seg / cases[0]).read_text())
+        assert boxes["classes"]  # something was localized
+        assert len(list(seg.glob("*.nii.gz"))) == queries
+        assert any((out / method / "png").rglob("*.png"))
+        summary = json.loads((out / "eval" / method / "summary.json").read_text())
+        assert summary["n_cases"] == queries
+        record = json.loads((seg / "run.json").read_text())
+        assert record["localizer"]["method"] == method
 
 
 def test_demo_runs_end_to_end_on_a_tiny_cohort(tmp_path: Path, capsys) -> None:

@@ -445,6 +445,27 @@ def test_prototypes_file_roundtrip_and_guards(fitted, tmp_path):
         Prototypes.load(broken)
 
 
+def test_prototypes_record_device_and_precision_and_refuse_others(fitted, tmp_path, caplog):
+    loc, image, _ = fitted
+    assert loc.precision == "fp32" and loc.numerics == {"device": "cpu", "precision": "fp32"}
+    protos = Prototypes.load(loc.save_prototypes(tmp_path / "cpu.pt"))
+    assert protos.numerics == {"device": "cpu", "precision": "fp32"}
+    protos.numerics = {"device": "cuda", "precision": "fp16"}  # as a GPU run writes them
+    gpu_made = protos.save(tmp_path / "gpu.pt")
+    fresh = Localizer(loc.model, "cpu", feature_scales=FAST, seed=7, interpolation="linear")
+    with pytest.raises(InputError) as err:
+        fresh.load_prototypes(gpu_made, [1, 2])
+    message = str(err.value)
+    assert "gpu.pt" in message and "cuda in fp16" in message and "cpu in fp32" in message
+    assert "\n" not in message
+    protos.numerics = {}  # a file written before numerics were recorded: used, with a warning
+    legacy = protos.save(tmp_path / "legacy.pt")
+    with caplog.at_level("WARNING"):
+        fresh.load_prototypes(legacy, [1, 2])
+    assert "does not record the device" in caplog.text
+    assert fresh.predict(image)[1].boxes == loc.predict(image)[1].boxes
+
+
 def test_spl_sub_boxes(fitted):
     loc, image, label = fitted
     spl = clone(loc, mode=BoxMode.SPL, slice_interval=2)

@@ -543,6 +543,16 @@ def test_cuda_asked_without_cuda(tmp_path, capsys, kit):
     one_line(capsys, rc, 2, "'cuda'", "CUDA is not available")
 
 
+def test_missing_gpu_index_and_bad_device_names_are_one_line(tmp_path, capsys, kit, monkeypatch):
+    config = write_config(tmp_path, kit)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    rc = infer_main(["--config", str(config), "--device", "cuda:2", "--quiet"])
+    one_line(capsys, rc, 2, "'cuda:2'", "shows 2 CUDA device(s), cuda:0 to cuda:1")
+    rc = infer_main(["--config", str(config), "--device", "gpu0", "--quiet"])
+    one_line(capsys, rc, 2, "'gpu0'", "expected auto, cpu, cuda or cuda:N")
+
+
 def test_unexpected_error_in_a_case_fails_alone_and_debug_shows_it(
     tmp_path, capsys, kit, monkeypatch
 ):

@@ -149,6 +149,27 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
         run(load_config(other), "cpu", progress=False, localizer=FakeLocalizer(labels, [1, 2]))
 
 
+def test_device_and_precisions_are_recorded_and_a_gpu_record_is_not_resumed_on_cpu(tmp_path):
+    config, labels = make_cohort(tmp_path, n_queries=1)
+    cfg = load_config(config)
+    localizer = FakeLocalizer(labels, [1, 2])
+    localizer.precision = "fp32"  # what a Localizer on the CPU reports
+    report = run(cfg, "cpu", progress=False, localizer=localizer)
+    doc = json.loads(report.run_json.read_text())
+    assert doc["device"] == "cpu" and doc["gpu"] is None
+    settings = doc["settings"]
+    assert settings["device"] == "cpu" and settings["medlam_precision"] == "fp32"
+    assert "sam_precision" not in settings  # classic: no SAM
+    settings.update(device="cuda", medlam_precision="fp16")  # as a GPU run records them
+    report.run_json.write_text(json.dumps(doc))
+    with pytest.raises(OutputError) as err:
+        run(cfg, "cpu", progress=False, localizer=localizer)
+    message = str(err.value)
+    assert "device, medlam_precision differ" in message and "\n" not in message
+    again = run(cfg, "cpu", progress=False, localizer=localizer, overwrite=True)
+    assert again.ok == ["query_0"]
+
+
 def test_manual_box_baseline_is_marked_and_kept_apart(tmp_path):
     config, _ = make_cohort(tmp_path, n_queries=1)
     with pytest.raises(ConfigError, match="query_label_ls"):
@@ -192,8 +213,40 @@ def test_end_to_end_tiny_sam(tmp_path):
     cfg = load_config(config, check_files=False)
     seg = SamSegmenter(tiny_sam(), name="sam_vit_b")
     report = run(cfg, "cpu", progress=False, localizer=FakeLocalizer(labels, [1, 2]), segmenter=seg)
-    entry = json.loads(report.run_json.read_text())["cases"]["query_0"]
+    doc = json.loads(report.run_json.read_text())
+    assert doc["settings"]["sam_precision"] == "fp32" and doc["settings"]["device"] == "cpu"
+    entry = doc["cases"]["query_0"]
     assert entry["status"] == "ok"
     assert entry["encoder_calls"] == entry["slices_segmented"] == entry["decoder_calls"] > 0
     written = nib.load(str(report.output / "query_0.nii.gz"))
     assert written.shape == labels["query_0"].shape
+
+
+class _SupportFittedLocalizer(FakeLocalizer):
+    """A localizer that is fitted on the supports but has no prototypes file or fingerprint."""
+
+    def __init__(self, labels, classes) -> None:
+        super().__init__(labels, classes)
+        self.fitted_on: list[int] = []
+
+    def fit(self, supports, classes) -> None:
+        self.fitted_on.append(sum(1 for _ in supports))
+
+
+def test_a_localizer_fitted_on_supports_is_fitted_once_and_not_when_all_is_done(tmp_path):
+    from medlsam.localization.base import FewShotLocalizer, SupportLocalizer
+    from medlsam.pipeline.localize import localize
+
+    config, labels = make_cohort(tmp_path, n_queries=2)
+    cfg = load_config(config)
+    assert cfg.data.prototypes is None
+    localizer = _SupportFittedLocalizer(labels, [1, 2])
+    assert isinstance(localizer, SupportLocalizer)
+    assert not isinstance(localizer, FewShotLocalizer)
+    n_supports = len(cfg.data.support_images)
+    report = run(cfg, "cpu", progress=False, localizer=localizer, segmenter=_classic(cfg))
+    assert report.ok == ["query_0", "query_1"] and localizer.fitted_on == [n_supports]
+    run(cfg, "cpu", progress=False, localizer=localizer, segmenter=_classic(cfg))
+    assert localizer.fitted_on == [n_supports]  # every case done: no fit
+    boxes = localize(cfg, "cpu", output=tmp_path / "boxes", progress=False, localizer=localizer)
+    assert boxes.ok == ["query_0", "query_1"] and localizer.fitted_on == [n_supports] * 2

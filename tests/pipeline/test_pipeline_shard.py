@@ -105,6 +105,19 @@ def test_torchrun_environment():
             env.device("cuda")
 
 
+def test_torchrun_ranks_take_their_gpu_or_the_one_visible_gpu(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert DistEnv(5, 8, 3).device("auto") == "cuda:3"  # one node, one GPU per process
+    with pytest.raises(ConfigError, match="LOCAL_RANK 4: only 4 CUDA device"):
+        DistEnv(4, 8, 4).device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # CUDA_VISIBLE_DEVICES per task
+    assert DistEnv(5, 8, 3).device("cuda") == "cuda:0"
+    assert chosen == [3, 0]
+
+
 # --------------------------------------------------------------------------------------------
 # records
 
@@ -222,10 +235,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_two_torchrun_ranks_on_cpu_write_the_same_masks(tmp_path, kit, single):
-    _, _, masks = single
-    config = write_config(tmp_path, kit)
-    out = tmp_path / "out"
+def _torchrun(config: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable,
         "-m",
@@ -242,15 +252,25 @@ def test_two_torchrun_ranks_on_cpu_write_the_same_masks(tmp_path, kit, single):
         str(config),
         "--device",
         "cpu",
-        "--quiet",
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDLSAM_DIST_TIMEOUT_S": "120"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, cwd=cwd)
+
+
+def test_two_torchrun_ranks_on_cpu_share_prototypes_and_write_the_same_masks(tmp_path, kit, single):
+    _, _, masks = single
+    config = write_config(tmp_path, kit, prototypes=False)
+    shared = tmp_path / "fitted_prototypes.pt"  # named but absent: rank 0 fits and writes it
+    config.write_text(config.read_text().replace("[data]\n", f"[data]\nprototypes = {shared}\n"))
+    out = tmp_path / "out"
     began = time.perf_counter()
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path
-    )
+    done = _torchrun(config, tmp_path)
     seconds = time.perf_counter() - began
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("prototypes saved to") == 1  # fitted once, by rank 0
+    assert done.stderr.count("prototypes received from rank 0") == 1
+    assert shared.is_file()
     merged = _record(out / "run.json")
     assert list(merged["cases"]) == CASES and merged["shards"]["count"] == 2
     assert all(merged["cases"][c]["status"] == "ok" for c in CASES)
@@ -260,3 +280,20 @@ def test_two_torchrun_ranks_on_cpu_write_the_same_masks(tmp_path, kit, single):
     # rank 0 reports the whole run
     assert "3 done, 0 already done, 0 failed of 3 queries" in done.stderr
     print(f"two-rank torchrun: {seconds:.1f} s")
+
+
+def test_a_rank_failing_outside_a_case_keeps_the_merge_of_the_others(tmp_path, kit):
+    config = write_config(tmp_path, kit)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.shard-2-of-2.json").write_text("{ not json")  # rank 1 cannot open its record
+    done = _torchrun(config, tmp_path, "--quiet")
+    assert done.returncode != 0
+    merged = _record(out / "run.json")
+    assert merged["shards"]["count"] == 2
+    assert {c: e["status"] for c, e in merged["cases"].items()} == {
+        "query_0": "ok",
+        "query_2": "ok",
+    }
+    assert "unreadable run record" in done.stderr
+    assert "rank 1: OutputError" in done.stderr  # rank 0's summary names the failed rank

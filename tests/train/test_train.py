@@ -269,3 +269,69 @@ def test_near_pair_keys_load(tiny_config: Path, tmp_path: Path) -> None:
     bad.write_text(text.replace("near_pair_fraction = 0.5", "near_pair_fraction = 2"))
     with pytest.raises(ConfigError, match="near_pair_fraction = 2"):
         load_train_config(bad)
+
+
+def test_resume_with_loader_workers_equals_an_uninterrupted_run(tiny_config: Path, tmp_path):
+    """Dropout on, MSS on, batches from 2 DataLoader worker processes: bit for bit."""
+    from dataclasses import replace
+
+    cfg = replace(load_train_config(tiny_config), drop_rate=0.3, num_workers=2)
+    straight = Trainer(replace(cfg, model_save_name=tmp_path / "a" / "m"))
+    straight.fit(steps=4, progress=False)
+    inline = replace(cfg, model_save_name=tmp_path / "b" / "m", num_workers=0)
+    part = Trainer(inline).fit(steps=2, progress=False)  # the first half without workers
+    resumed = Trainer(replace(cfg, model_save_name=tmp_path / "b" / "m"))
+    resumed.resume(part.state)
+    resumed.fit(steps=4, progress=False)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert straight.timing["data_s"] > 0 and straight.timing["compute_s"] > 0
+    logged = [json.loads(line) for line in part.log.read_text().splitlines()]
+    assert "data_s" in logged[0] and "compute_s" in logged[0]
+    state = torch.load(part.state, weights_only=True)
+    assert state["device_type"] == "cpu" and state["cuda_rng"] is None
+
+
+def test_step_batches_do_not_depend_on_workers(tiny_config: Path) -> None:
+    from medlsam.train.loader import batches
+
+    trainer = Trainer(load_train_config(tiny_config))
+    trainer.load_data()
+    data = trainer.dataset()
+    inline = list(batches(data, 3, 5, workers=0, pin_memory=False))
+    pooled = list(batches(data, 3, 5, workers=2, pin_memory=False))
+    assert len(inline) == len(pooled) == 2
+    for a, b in zip(inline, pooled, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    trainer.step = 4
+    assert torch.equal(trainer.draw_batch()["ori0"], inline[1]["ori0"])
+    assert not torch.equal(inline[0]["ori0"], inline[1]["ori0"])
+
+
+def test_resume_on_another_device_type_warns_and_amp_is_cuda_only(
+    tiny_config: Path, tmp_path: Path, caplog
+) -> None:
+    from dataclasses import replace
+
+    cfg = replace(load_train_config(tiny_config), model_save_name=tmp_path / "m", amp=True)
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(cfg)
+    assert trainer.amp_dtype is None and "amp applies on CUDA only" in caplog.text
+    result = trainer.fit(steps=1, progress=False)
+    state = torch.load(result.state, weights_only=True)
+    state["device_type"] = "cuda"  # as a GPU run saves it
+    moved = tmp_path / "gpu_state.tar"
+    torch.save(state, moved)
+    with caplog.at_level("WARNING"):
+        Trainer(cfg).resume(moved)
+    assert "saved on cuda, resumed on cpu" in caplog.text
+
+
+def test_cli_names_a_missing_gpu_in_one_line(tiny_config: Path, capsys, monkeypatch) -> None:
+    from medlsam.cli.train import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["--config", str(tiny_config), "--device", "cuda:1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'cuda:1'" in err and "1 CUDA device(s), cuda:0 " in err

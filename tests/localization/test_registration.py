@@ -1,0 +1,261 @@
+"""Weight-free localization by registration: tiny synthetic volumes, bad inputs, real CT."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import ct_testdata_path, make_ct, reorient
+
+from medlsam.boxes import Box3D, box_iou
+from medlsam.errors import RegistrationError
+from medlsam.io import Volume
+from medlsam.localization.registration import RegistrationLocalizer, axis_search
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+
+def _shifted(volume: Volume, mm: tuple[float, float, float]) -> Volume:
+    affine = volume.affine.copy()
+    affine[:3, 3] += mm
+    return Volume(volume.data, affine, volume.path)
+
+
+def _iou(organs, label: Volume, c: int) -> float:
+    truth = Box3D.from_mask(label.data == c)
+    assert truth is not None and organs[c].inside
+    return box_iou(truth, organs[c].boxes[0])
+
+
+def test_axis_search_finds_the_slab_offset():
+    image, _ = make_ct(shape=(40, 36, 40), seed=3)
+    from medlsam.preprocess import medlam_image
+
+    full = medlam_image(image, "linear").array
+    offset, score = axis_search(full[12:24], full)
+    assert offset[0] == 12 and abs(offset[1]) <= 2 and abs(offset[2]) <= 2
+    assert score > 0.9
+
+
+@pytest.mark.parametrize("fusion", ["median", "vote"])
+def test_boxes_of_a_reoriented_shifted_query(fusion):
+    """Same anatomy stored flipped and 300 mm away in scanner coordinates: boxes still fit."""
+    support, support_label = make_ct(seed=0)
+    query, query_label = make_ct(seed=1)
+    perm, flips = (1, 0, 2), (True, False, True)
+    query = _shifted(reorient(query, perm, flips), (300.0, -250.0, 400.0))
+    query_label = Volume(query.data * 0 + reorient(query_label, perm, flips).data, query.affine)
+    loc = RegistrationLocalizer(fusion=fusion)
+    loc.fit([(support, support_label)] * 2, [1, 2])
+    organs = loc.predict(query)
+    assert all(m.matched for m in loc.last_matches)
+    assert _iou(organs, query_label, 1) > 0.6
+    assert _iou(organs, query_label, 2) > 0.5
+
+
+def test_partial_field_of_view_query():
+    support, support_label = make_ct(shape=(40, 36, 40), seed=0)
+    query, query_label = make_ct(shape=(40, 36, 40), seed=1)
+    cut = (slice(None), slice(None), slice(14, 26))
+    affine = query.affine.copy()
+    affine[:3, 3] = query.to_world(np.array([0, 0, 14]))
+    affine[2, 3] += 500.0  # and other scanner coordinates
+    part = Volume(query.data[cut].copy(), affine)
+    part_label = Volume(query_label.data[cut].copy(), affine)
+    loc = RegistrationLocalizer()
+    loc.fit([(support, support_label)], [1, 2])
+    organs = loc.predict(part)
+    assert _iou(organs, part_label, 1) > 0.6
+
+
+def test_no_overlap_and_no_match_marks_every_organ_outside(caplog):
+    """A query far away in space whose content matches nothing: one warning per organ."""
+    support, support_label = make_ct(seed=0)
+    rng = np.random.default_rng(5)
+    data = np.full((30, 30, 20), -1000.0, dtype=np.float32)
+    data[5:25, 5:25] = rng.normal(0.0, 300.0, (20, 20, 20))  # no anatomy
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[:3, 3] = 5000.0  # metres away from the support in scanner coordinates
+    query = Volume(data, affine)
+    loc = RegistrationLocalizer(class_names={1: "liver", 2: "spleen"})
+    loc.fit([(support, support_label)], [1, 2])
+    with caplog.at_level(logging.WARNING, logger="medlsam.localization.registration"):
+        organs = loc.predict(query)
+    assert not organs[1].inside and not organs[2].inside
+    assert organs[1].boxes == () and organs[2].boxes == ()
+    for name in ("organ 1 (liver)", "organ 2 (spleen)"):
+        assert sum(name in r.getMessage() for r in caplog.records) == 1
+    assert not loc.last_matches[0].matched
+
+
+def test_organ_registered_outside_the_query(caplog):
+    """A slab that holds organ 1 but not organ 2: organ 2 is outside, with one warning."""
+    support, support_label = make_ct(shape=(40, 36, 48), seed=0)
+    data, lab = support.data.copy(), support_label.data.copy()
+    organ2 = lab == 2
+    data[organ2], lab[organ2] = 40.0, 0
+    low = np.roll(organ2, -14, axis=2)  # organ 2 moves 42 mm down, below organ 1
+    data[low], lab[low] = 300.0, 2
+    support, support_label = Volume(data, support.affine), Volume(lab, support.affine)
+    z1 = np.nonzero((lab == 1).any(axis=(0, 1)))[0]
+    top = int(z1.min())
+    cut = (slice(None), slice(None), slice(top, top + 14))
+    affine = support.affine.copy()
+    affine[:3, 3] = support.to_world(np.array([0, 0, top]))
+    query = Volume(support.data[cut].copy(), affine)
+    assert not (lab[cut] == 2).any()
+    loc = RegistrationLocalizer()
+    loc.fit([(support, support_label)], [1, 2])
+    with caplog.at_level(logging.WARNING, logger="medlsam.localization.registration"):
+        organs = loc.predict(query)
+    assert organs[1].inside and not organs[2].inside
+    assert sum("organ 2" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_registration_that_fails_raises_with_its_reason(monkeypatch):
+    support, support_label = make_ct(seed=0)
+
+    def fail(self, fixed, moving):
+        raise RuntimeError("itk::ERROR: All samples map outside moving image buffer")
+
+    monkeypatch.setattr(sitk.ImageRegistrationMethod, "Execute", fail)
+    loc = RegistrationLocalizer()
+    loc.fit([(support, support_label)], [1, 2])
+    with pytest.raises(RegistrationError, match="did not converge: .*outside moving image"):
+        loc.predict(make_ct(seed=1)[0])
+
+
+def test_fit_refuses_an_organ_in_no_support(tiny_ct):
+    from medlsam.errors import InputError
+
+    with pytest.raises(InputError, match="organ 7 is absent from every support"):
+        RegistrationLocalizer().fit([tiny_ct], [1, 7])
+
+
+def test_spl_sub_boxes():
+    support, support_label = make_ct(shape=(40, 36, 40), seed=0)
+    loc = RegistrationLocalizer(mode="SPL", slice_interval=2)
+    loc.fit([(support, support_label)], [1, 2])
+    organs = loc.predict(make_ct(shape=(40, 36, 40), seed=2)[0])
+    assert loc.splits[1] >= 2
+    assert len(organs[1].boxes) == loc.splits[1]
+    starts = [b.lo[2] for b in organs[1].boxes]
+    assert starts == sorted(starts)
+
+
+# --------------------------------------------------------------------------------------------
+# real CT
+
+
+def test_real_ct_derived_query():
+    """One support vs a contrast-shifted, flipped, resampled, 42 mm slab at other scanner
+    coordinates (the same subject: see scripts/measure_real_ct.py)."""
+    from measure_real_ct import derived
+
+    from medlsam.io import read_image, read_label
+
+    image = read_image(ct_testdata_path("totalsegmentator", "example_ct.nii.gz"))
+    label = read_label(ct_testdata_path("totalsegmentator", "example_seg_fast_force_split.nii.gz"))
+    query, query_label = derived(image, label)
+    loc = RegistrationLocalizer()
+    loc.fit([(image, label)], [5, 1, 6])
+    organs = loc.predict(query)
+    ious = [_iou(organs, query_label, c) for c in (5, 1, 6)]
+    assert np.mean(ious) >= 0.7, ious
+
+
+def test_real_ct_crop_with_wrong_scanner_coordinates():
+    """example_ct_sm keeps the full scan's affine (246 mm off): content, not coordinates,
+    places it."""
+    from medlsam.io import read_image, read_label
+
+    image = read_image(ct_testdata_path("totalsegmentator", "example_ct.nii.gz"))
+    label = read_label(ct_testdata_path("totalsegmentator", "example_seg_fast_force_split.nii.gz"))
+    query = read_image(ct_testdata_path("totalsegmentator", "example_ct_sm.nii.gz"))
+    query_label = read_label(ct_testdata_path("totalsegmentator", "example_seg.nii.gz"))
+    loc = RegistrationLocalizer()
+    loc.fit([(image, label)], [5, 1])
+    organs = loc.predict(query)
+    assert _iou(organs, query_label, 5) > 0.7
+    assert _iou(organs, query_label, 1) > 0.7
+
+
+# --------------------------------------------------------------------------------------------
+# through the pipeline
+
+
+def _write_cohort(tmp_path: Path, n_queries: int = 2, extra: str = "") -> Path:
+    from medlsam.io import write_nifti, write_path_list
+
+    paths = []
+    for n in range(1 + n_queries):
+        image, label = make_ct(seed=n)
+        ip, lp = tmp_path / f"case{n}.nii.gz", tmp_path / f"case{n}_label.nii.gz"
+        write_nifti(image.data.astype(np.int16), image.affine, ip)
+        write_nifti(label.data.astype(np.uint8), label.affine, lp)
+        paths.append((ip, lp))
+    write_path_list(tmp_path / "si.txt", [paths[0][0]])
+    write_path_list(tmp_path / "sl.txt", [paths[0][1]])
+    write_path_list(tmp_path / "qi.txt", [p[0] for p in paths[1:]])
+    config = tmp_path / "config.txt"
+    config.write_text(
+        "[data]\nsupport_image_ls = si.txt\nsupport_label_ls = sl.txt\nquery_image_ls = qi.txt\n"
+        "fg_class = [1, 2]\nseg_save_path = out\n[vit]\nbackend = classic\n" + extra
+    )
+    return config
+
+
+def test_registration_is_the_default_without_medlam_weights(tmp_path, caplog):
+    from medlsam.config import load_config
+    from medlsam.pipeline.run import run
+
+    cfg = load_config(_write_cohort(tmp_path, 1))
+    assert cfg.localize.method == "registration"
+    with caplog.at_level(logging.INFO, logger="medlsam"):
+        report = run(cfg, device="cpu", progress=False)
+    assert report.ok == ["case1"]
+    assert any("localizer: registration (default" in r.getMessage() for r in caplog.records)
+    record = json.loads(report.run_json.read_text())
+    assert record["localizer"]["method"] == "registration"
+    assert "no [weight] medlam_load_path" in record["localizer"]["chosen_by"]
+    boxes = json.loads((report.output / "case1.boxes.json").read_text())
+    assert boxes["classes"]["1"]["inside"] and boxes["classes"]["1"]["boxes"]
+    pairs = record["cases"]["case1"]["localizer"]["pairs"]
+    assert pairs[0]["support"] == "case0" and pairs[0]["matched"]
+
+
+def test_failed_registration_fails_its_case_alone(tmp_path, monkeypatch):
+    from medlsam.config import load_config
+    from medlsam.pipeline.run import run
+
+    calls = {"n": 0}
+    original = sitk.ImageRegistrationMethod.Execute
+
+    def first_fails(self, fixed, moving):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("itk::ERROR: optimizer diverged")
+        return original(self, fixed, moving)
+
+    monkeypatch.setattr(sitk.ImageRegistrationMethod, "Execute", first_fails)
+    cfg = load_config(_write_cohort(tmp_path, 2, "[localize]\nmethod = registration\n"))
+    report = run(cfg, device="cpu", progress=False)
+    assert report.ok == ["case2"]
+    record = json.loads(report.run_json.read_text())
+    entry = record["cases"]["case1"]
+    assert entry["status"] == "failed"
+    assert "registration of support case0 did not converge" in entry["error"]
+    assert "optimizer diverged" in entry["error"]
+
+
+def test_unknown_localize_method_is_a_config_error(tmp_path):
+    from medlsam.config import load_config
+    from medlsam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[localize\] method.*did you mean 'registration'"):
+        load_config(_write_cohort(tmp_path, 1, "[localize]\nmethod = registation\n"))
