@@ -15,12 +15,15 @@ the speed differs.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib
 import importlib.util
 import logging
 import os
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +123,47 @@ def export_onnx(
         )
 
 
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of Linux (glibc and musl): the calling thread's alternate signal stack."""
+
+    _fields_ = [
+        ("ss_sp", ctypes.c_void_p),
+        ("ss_flags", ctypes.c_int),
+        ("ss_size", ctypes.c_size_t),
+    ]
+
+
+_SS_DISABLE = 2
+
+
+@contextlib.contextmanager
+def kept_signal_stack() -> Iterator[None]:
+    """Give the calling thread back the alternate signal stack it had on entry.
+
+    OpenVINO's CPU plugin installs an alternate signal stack of its own on the thread that
+    compiles a model and puts back the one it found when that compiled model is released.
+    Released in another order than compiled, the thread is left with the stack of a model
+    already freed: the next signal it handles (SIGTERM or Ctrl-C through Python's handler,
+    a crash through faulthandler's) runs on freed memory and the process dies of SIGSEGV
+    without a word. Compiling and releasing inside this block leaves the thread's stack as
+    it was. Linux only (elsewhere nothing is changed).
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    saved.ss_flags &= _SS_DISABLE  # drop SS_ONSTACK, which sigaltstack() only reports
+    try:
+        yield
+    finally:
+        if libc.sigaltstack(ctypes.byref(saved), None) != 0:
+            logger.warning("could not restore the signal stack (errno %d)", ctypes.get_errno())
+
+
 class Graph:
     """An exported network run by ONNX Runtime or OpenVINO on the CPU.
 
@@ -151,10 +195,25 @@ class Graph:
                 "INFERENCE_PRECISION_HINT": "f32",  # never bf16/f16 behind our back
                 "PERFORMANCE_HINT": "LATENCY",
             }
-            self._compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
+            with kept_signal_stack():
+                self._compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
             self.output_names = [o.get_any_name() for o in self._compiled.outputs]
         else:
             raise ValueError(f"Graph runs onnxruntime or openvino, not {engine!r}")
+
+    def close(self) -> None:
+        """Release the engine's session or compiled model (the graph cannot run after this)."""
+        for name in ("_session", "_compiled"):
+            handle = self.__dict__.pop(name, None)
+            if handle is not None:
+                with kept_signal_stack():  # OpenVINO swaps the signal stack back here
+                    del handle
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules already torn down
+            pass
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float32)

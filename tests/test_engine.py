@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -174,3 +176,58 @@ def test_new_weights_rebuild_the_export(tmp_path, engine, one_thread):
     with torch.no_grad():
         want = model(x)[0].numpy()
     np.testing.assert_allclose(new(x.numpy())[0], want, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- signals after OpenVINO
+
+_SIGNAL_AFTER_GRAPHS = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from medlsam import engine as engines
+from medlsam.export_cache import ExportCache
+
+net, x = torch.nn.Conv3d(1, 2, 3).eval(), torch.zeros(1, 1, 8, 8, 8)
+cache, sha = ExportCache(Path(sys.argv[1])), engines.state_sha256(net)
+first = engines.compiled_graph("openvino", net, x, "first", ["y"], sha, cache=cache)
+second = engines.compiled_graph("openvino", net, x, "second", ["y"], sha, cache=cache)
+del first  # released before the graph compiled after it
+del second
+signal.signal(signal.SIGTERM, lambda *_: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGTERM)
+print("alive", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signal stacks: Linux only")
+def test_signal_after_openvino_graphs_released_out_of_order(tmp_path):
+    """OpenVINO swaps the compiling thread's alternate signal stack and swaps it back on
+    release; released out of order, the next signal ran on freed memory (SIGSEGV, no
+    message). Graphs keep the thread's own stack, so the signal reaches its handler."""
+    pytest.importorskip("openvino")
+    done = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _SIGNAL_AFTER_GRAPHS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["handled", "alive"]
+
+
+def test_kept_signal_stack_restores_the_thread_stack():
+    """Whatever runs inside the block, the thread's alternate signal stack is the one before."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("signal stacks: Linux only")
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    before, after = engines._SignalStack(), engines._SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    other = ctypes.create_string_buffer(1 << 16)
+    replaced = engines._SignalStack(ctypes.addressof(other), 0, len(other))
+    with engines.kept_signal_stack():
+        assert libc.sigaltstack(ctypes.byref(replaced), None) == 0
+    libc.sigaltstack(None, ctypes.byref(after))
+    assert (after.ss_sp, after.ss_size) == (before.ss_sp, before.ss_size)
+    assert after.ss_flags & 2 == before.ss_flags & 2  # SS_DISABLE as before
