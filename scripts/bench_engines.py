@@ -11,7 +11,7 @@ Models (random weights, built the normal way; timing does not depend on the weig
 * ``sam-stock``: SAM ViT-B image encoder from ``segment_anything.sam_model_registry['vit_b']``,
   one 1024x1024 image;
 * ``sam-fast``: the same encoder and weights with medlsam's fused-attention forward
-  (:mod:`medlsam.fast_sam`);
+  (:mod:`medlsam.segment.fast`);
 * ``medlam-fc``: MedLAM at width 24, fc-only (``fc_position``), one 64^3 patch;
 * ``medlam-full``: MedLAM at width 24, ``fc_position`` and the three decoder feature maps.
 
@@ -22,8 +22,9 @@ weights; reported apart because it changes outputs).
 
 Every round calls each (model, engine) once, in turn (A, B, C, A, B, C, ...), so load from other
 processes hits all engines alike; the table gives the median seconds per call, the ratio to
-PyTorch eager measured in the same rounds, and the largest relative error of each output against
-eager (``max |y - y_eager| / max |y_eager|``).
+PyTorch eager measured in the same rounds, the median CPU seconds of this process per call (all
+its threads; under load from other jobs the wall time grows, CPU seconds much less) and the
+largest relative error of each output against eager (``max |y - y_eager| / max |y_eager|``).
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def rel_err(a: tuple[np.ndarray, ...], ref: tuple[np.ndarray, ...]) -> float:
 
 def bench(models, engine_names, rounds, cache) -> list[dict]:
     """Interleaved rounds over every (model, engine); one row per pair."""
-    runners, setup, refs, times, errs = {}, {}, {}, {}, {}
+    runners, setup, refs, times, cpu, errs = {}, {}, {}, {}, {}, {}
     for name, (module, x) in models.items():
         refs[name] = as_tuple(_no_grad(module, x))
         for eng in engine_names:
@@ -169,13 +170,14 @@ def bench(models, engine_names, rounds, cache) -> list[dict]:
             except Exception as err:  # an engine that cannot run this model is reported
                 logging.warning("%s on %s: %s", name, eng, err)
                 continue
-            times[name, eng], errs[name, eng] = [], 0.0
+            times[name, eng], cpu[name, eng], errs[name, eng] = [], [], 0.0
     for r in range(rounds):
         for key, run in runners.items():
             x = models[key[0]][1]
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             out = run(x)
             times[key].append(time.perf_counter() - began)
+            cpu[key].append(time.process_time() - began_cpu)
             errs[key] = max(errs[key], rel_err(as_tuple(out), refs[key[0]]))
         logging.info("round %d/%d done", r + 1, rounds)
     rows = []
@@ -188,6 +190,7 @@ def bench(models, engine_names, rounds, cache) -> list[dict]:
                 "engine": eng,
                 "median_s": med,
                 "times_s": ts,
+                "cpu_s": statistics.median(cpu[name, eng]),
                 "vs_eager": statistics.median(eager) / med if eager else None,
                 "rel_err": errs[name, eng],
                 "setup_s": setup[name, eng],
@@ -197,12 +200,15 @@ def bench(models, engine_names, rounds, cache) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| model | engine | median s/call | speed vs eager | max rel. error | setup s |"
-    lines = [head, "| --- | --- | ---: | ---: | ---: | ---: |"]
+    head = (
+        "| model | engine | median s/call | CPU s/call | speed vs eager | max rel. error "
+        "| setup s |"
+    )
+    lines = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ratio = f"{r['vs_eager']:.2f}x" if r["vs_eager"] else "-"
         lines.append(
-            f"| {r['model']} | {r['engine']} | {r['median_s']:.3f} | {ratio} | "
+            f"| {r['model']} | {r['engine']} | {r['median_s']:.3f} | {r['cpu_s']:.3f} | {ratio} | "
             f"{r['rel_err']:.1e} | {r['setup_s']:.0f} |"
         )
     return "\n".join(lines)
