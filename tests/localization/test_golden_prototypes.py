@@ -6,6 +6,7 @@ written, read back and compared is known in advance.
 
 from __future__ import annotations
 
+import datetime
 import io
 import logging
 
@@ -86,8 +87,25 @@ def _payload(**changes) -> bytes:
 def test_prototypes_files_that_are_not_ours_are_named(tmp_path):
     with pytest.raises(InputError, match=r"^.*missing\.pt: prototypes file not found$"):
         Prototypes.load(tmp_path / "missing.pt")
-    with pytest.raises(InputError, match=r"^x\.pt: cannot read prototypes file \("):
+    try:  # what torch says of a file that is not its own: its first line, cut to 160 characters
+        torch.load(io.BytesIO(b"not a torch file"), weights_only=True)
+    except Exception as err:
+        said = str(err).strip().splitlines()[0]
+    assert len(said) > 160
+    with pytest.raises(InputError) as caught:
         Prototypes.from_bytes(b"not a torch file", "x.pt")
+    assert str(caught.value) == f"x.pt: cannot read prototypes file ({said[:160]})"
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x02not a torch file")
+    with pytest.raises(InputError, match=r"^.*garbage\.pt: cannot read prototypes file \("):
+        Prototypes.load(garbage)
+    # pickled objects other than tensors and plain data are refused (weights-only unpickling)
+    buffer = io.BytesIO()
+    torch.save(
+        {"format": "medlsam-prototypes", "version": 1, "when": datetime.date(2020, 1, 1)}, buffer
+    )
+    with pytest.raises(InputError, match=r"^y\.pt: cannot read prototypes file \(Weights only"):
+        Prototypes.from_bytes(buffer.getvalue(), "y.pt")
     with pytest.raises(InputError, match=r"^y\.pt: not a medlsam prototypes file"):
         Prototypes.from_bytes(_payload(format="other"), "y.pt")
     buffer = io.BytesIO()
@@ -125,8 +143,12 @@ def test_check_compatible_names_each_mismatch(caplog):
     )
     protos.check_compatible("f.pt", **fine)
     protos.check_compatible("f.pt", **{**fine, "numerics": None})
-    with pytest.raises(InputError, match=r"^f\.pt: .*checkpoint sha256 abababababababab\.\.\., "):
+    with pytest.raises(InputError) as caught:
         protos.check_compatible("f.pt", **{**fine, "fingerprint": "cd" * 32})
+    assert str(caught.value) == (
+        "f.pt: prototypes were made with checkpoint sha256 abababababababab..., not with the "
+        "loaded one (cdcdcdcdcdcdcdcd...); rebuild them from the support scans with this checkpoint"
+    )
     with pytest.raises(InputError, match=r"no organ \[2\] \(they hold \[3, 1\]\)"):
         protos.check_compatible("f.pt", **{**fine, "classes": [1, 2]})
     with pytest.raises(InputError, match="bbox_mode WPL slice_interval None, not SPL 5"):
@@ -137,15 +159,22 @@ def test_check_compatible_names_each_mismatch(caplog):
         spl.check_compatible("f.pt", **{**fine, "mode": "SPL", "slice_interval": 4})
     with pytest.raises(InputError, match=r"lack feature scales \['feature2'\]"):
         protos.check_compatible("f.pt", **{**fine, "feature_scales": ("feature0", "feature2")})
-    with pytest.raises(InputError, match="made with MedLAM on cpu in fp32, this run uses cuda in"):
+    with pytest.raises(InputError) as caught:
         protos.check_compatible(
             "f.pt", **{**fine, "numerics": {"device": "cuda", "precision": "fp16"}}
         )
+    assert str(caught.value) == (
+        "f.pt: prototypes were made with MedLAM on cpu in fp32, this run uses cuda in fp16; "
+        "delete the file to rebuild them, or match --device / [run] medlam_precision"
+    )
     unrecorded = _protos(numerics={})
+    gpu = {"device": "cuda", "precision": "fp16"}
     with caplog.at_level(logging.WARNING, logger="medlsam.localization.prototypes"):
-        unrecorded.check_compatible("old.pt", **{**fine, "numerics": {"device": "cuda"}})
-    assert "old.pt: prototypes file does not record the device" in caplog.text
-    assert "using it with MedLAM on cuda in None" in caplog.text
+        unrecorded.check_compatible("old.pt", **{**fine, "numerics": gpu})
+    assert [r.getMessage() for r in caplog.records] == [
+        "old.pt: prototypes file does not record the device and precision it was made in; "
+        "using it with MedLAM on cuda in fp16"
+    ]
 
 
 def test_template_cube_at_other_patch_and_map_sizes():
@@ -154,6 +183,8 @@ def test_template_cube_at_other_patch_and_map_sizes():
     assert template_slice(16, patch=32) == slice(6, 10)  # radius 2
     assert template_slice(64, patch=128) == slice(30, 34)
     assert template_slice(5, patch=5) == slice(-2, 6)  # radius 4 around 2
+    assert template_slice(24) == slice(11, 13)  # 4 * 24 // 64 = 1 (not 1.5)
+    assert type(template_slice(24).start) is int
 
 
 def test_split_count_caps_at_six_parts():
@@ -168,14 +199,16 @@ def test_support_points_choose_extreme_or_split_points_and_refuse_empty_masks():
         mask[z, z, 20 - z] = True
     assert support_points(mask, 0).tolist() == extreme_points(mask).tolist()
     assert support_points(mask, 2).tolist() == split_points(mask, 2).tolist()
+    assert support_points(mask, 1).tolist() == split_points(mask, 1).tolist()
+    assert split_points(mask, 1).tolist() != extreme_points(mask).tolist()
     # one part: its slab is z 2..9 (max_z 10 exclusive): box y 2..9, x 11..18, z forced to
     # 2..10; x = 11 is the voxel (9, 9, 11), y = 9 the same, z = 10 the voxel (10, 10, 10)
     assert split_points(mask, 1).tolist() == [
         [2, 2, 18], [2, 2, 18], [9, 9, 11], [10, 10, 10], [9, 9, 11], [2, 2, 18]
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="extreme_points of an empty mask"):
+    with pytest.raises(ValueError, match="^extreme_points of an empty mask$"):
         extreme_points(np.zeros((3, 3, 3)))
-    with pytest.raises(ValueError, match="split_points of an empty mask"):
+    with pytest.raises(ValueError, match="^split_points of an empty mask$"):
         split_points(np.zeros((3, 3, 3)), 2)
     with pytest.raises(ValueError, match="split_num must be >= 1, not 0"):
         split_points(mask, 0)
@@ -198,4 +231,16 @@ def test_split_points_take_the_raster_middle_of_slices_with_several_voxels():
     # the first part [1, 2): box of z 1 alone, z forced to 1..2; the z = 2 plane is (2, 3)
     assert points[:6].tolist() == [
         [1, 2, 3], [4, 2, 3], [4, 2, 3], [2, 2, 3], [4, 2, 3], [4, 2, 3]
+    ]  # fmt: skip
+
+
+def test_split_points_of_a_mask_at_index_0():
+    mask = np.zeros((4, 5, 5), bool)
+    mask[0, 1, 1] = mask[1, 2, 2] = mask[2, 3, 3] = True
+    # one part: slab z 0..1 (2 exclusive): box y 1..2, x 1..2, z forced to 0..2; the bound
+    # z = 0 takes its own slice's voxel (0, 1, 1), not the next slice's
+    points = split_points(mask, 1)
+    assert points[0].tolist() == [0, 1, 1]
+    assert points.tolist() == [
+        [0, 1, 1], [0, 1, 1], [0, 1, 1], [2, 3, 3], [1, 2, 2], [1, 2, 2]
     ]  # fmt: skip
