@@ -242,7 +242,7 @@ def run_module(
     old: dict[str, str] = {}
     if again and (workdir / "mutants").is_dir() and (workdir / source).is_file():
         if filecmp.cmp(workdir / source, ROOT / source, shallow=False):
-            old = results(workdir)
+            old = last_status(workdir)
     names = sorted(k for k, v in old.items() if v not in KILLED)
     prepare(workdir, source, tests)
     began = time.monotonic()
@@ -255,9 +255,23 @@ def run_module(
     status = results(workdir)
     if old:  # the last run's verdicts, updated with this run's
         status = {**old, **{k: v for k, v in status.items() if k in names and v not in NOT_RUN}}
+    (workdir / STATUS_FILE).write_text(json.dumps(status, indent=0, sort_keys=True))
     report = summarize(name, workdir, status)
     report.update(finished=code == 0, seconds=round(time.monotonic() - began, 1))
     return report
+
+
+#: the verdict of every mutant after a module's last run, merged over ``--again`` runs (mutmut's
+#: own records in a fresh copy hold only the mutants that copy ran)
+STATUS_FILE = "status.json"
+
+
+def last_status(workdir: Path) -> dict[str, str]:
+    """``mutant name -> status`` after the last run in ``workdir`` (merged), else mutmut's."""
+    path = workdir / STATUS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return results(workdir)
 
 
 #: prints the diff of every mutant named on the command line, in one process (``mutmut show``
@@ -351,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for name in args.modules or list(MODULES):
         if args.report:
-            report = summarize(name, args.workdir / name)
+            report = summarize(name, args.workdir / name, last_status(args.workdir / name))
         else:
             report = run_module(name, args.workdir, args.max_children, args.budget, args.again)
         summary.append(report)
