@@ -217,6 +217,13 @@ class SamSegmenter:
             raise ValueError(f"window must be 'medlsam' or 'published', not {window!r}")
         self.window = window
         self.stats = SegmenterStats()
+        #: what :meth:`encode` runs on normalised images ``(B, 3, 1024, 1024)`` -> embeddings
+        #: ``(B, C, 64, 64)``: the model's image encoder, or anything called like it (a wrapper
+        #: that counts, replays or runs it elsewhere)
+        self.encoder = self.model.image_encoder
+        #: what :meth:`decode` runs after the prompt encoder: the model's mask decoder, or
+        #: anything called like it (keyword arguments, returns ``(low_res_masks, iou)``)
+        self.decoder = self.model.mask_decoder
         self._lock = threading.Lock()
         self._processes: ProcessPoolExecutor | None = None
 
@@ -244,9 +251,9 @@ class SamSegmenter:
             x = self.normalize(torch.as_tensor(images))
             if self.autocast_dtype is not None:
                 with torch.autocast("cuda", dtype=self.autocast_dtype):
-                    emb = self.model.image_encoder(x)
+                    emb = self.encoder(x)
             else:
-                emb = self.model.image_encoder(x)
+                emb = self.encoder(x)
             emb = emb.float()
         self.stats.encoder_calls += int(x.shape[0])
         self.stats.encoder_batches += 1
@@ -272,7 +279,7 @@ class SamSegmenter:
         began = time.perf_counter()
         box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device)
         sparse, dense = self.model.prompt_encoder(points=None, boxes=box_t, masks=None)
-        low_res, iou = self.model.mask_decoder(
+        low_res, iou = self.decoder(
             image_embeddings=embedding,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
