@@ -18,10 +18,12 @@ from typing import Any
 
 from medlsam.bench.sampling import SampledNetwork, Sampler, medlam_key
 from medlsam.config import Config
+from medlsam.localization.engine import EngineMedLAM, with_engine
 from medlsam.localization.localizer import Localizer
 from medlsam.localization.network import build_medlam
 from medlsam.pipeline.setup import build_localizer
 from medlsam.segment import BoxSegmenter, SamSegmenter, build_segmenter
+from medlsam.segment.engine import EngineEncoder
 from medlsam.segment.fast import accelerate_image_encoder, restore_image_encoder
 
 
@@ -36,21 +38,30 @@ class Networks:
     sampler: Sampler | None = None
 
     @property
-    def medlam(self) -> Any:
-        """The MedLAM network itself (under any sampling wrapper)."""
+    def runner(self) -> Any:
+        """What runs MedLAM: the network, or an engine's :class:`EngineMedLAM` (under any
+        sampling wrapper)."""
         model = self.localizer.model
         return model.network if isinstance(model, SampledNetwork) else model
+
+    @property
+    def medlam(self) -> Any:
+        """The MedLAM network itself (under any engine or sampling wrapper)."""
+        runner = self.runner
+        return runner.model if isinstance(runner, EngineMedLAM) else runner
 
 
 def bench_config(cfg: Config, args: argparse.Namespace) -> Config:
     """``cfg`` with the command line's overrides: MedLAM localization (the benchmark times the
-    network), ``--mss-share-mm``, ``--medlam-precision`` and ``--sam-precision``."""
+    network), ``--mss-share-mm``, ``--medlam-precision``, ``--engine`` and ``--sam-precision``."""
     data = cfg.data
     if args.mss_share_mm is not None:
         data = dataclasses.replace(data, mss_share_mm=args.mss_share_mm)
     run = cfg.run
     if args.medlam_precision:
         run = dataclasses.replace(run, medlam_precision=args.medlam_precision)
+    if args.engine:
+        run = dataclasses.replace(run, engine=args.engine)
     vit = cfg.vit
     if args.sam_precision:
         vit = dataclasses.replace(vit, precision=args.sam_precision)
@@ -62,23 +73,26 @@ def _sam_segmenter(cfg: Config, device: str, sam_model: Any = None) -> tuple[Box
     """The config's SAM from its checkpoint, else ``sam_model`` or a published-size SAM with
     random weights; and whether the weights are random."""
     vit_ckpt = cfg.weight.vit_load_path
+    engine = cfg.run.engine
     if vit_ckpt is not None and Path(vit_ckpt).is_file():
-        return build_segmenter(cfg.vit, vit_ckpt, device), False
+        return build_segmenter(cfg.vit, vit_ckpt, device, engine=engine), False
     if sam_model is None:
         from segment_anything import sam_model_registry
 
         sam_model = sam_model_registry[cfg.vit.net_type]()
     name = f"sam_{cfg.vit.net_type}"
-    return SamSegmenter(sam_model, device, name=name, precision=cfg.vit.precision), True
+    precision = cfg.vit.precision
+    return SamSegmenter(sam_model, device, name=name, precision=precision, engine=engine), True
 
 
 def build_networks(
     cfg: Config, args: argparse.Namespace, device: str, sam_model: Any = None
 ) -> Networks:
     """MedLAM (checkpoint, or random of ``--medlam-width``) in the config's localizer, and the
-    SAM segmenter with the ``--encoder`` chosen; with ``--sample N`` every network is wrapped in
-    one :class:`Sampler`. ``sam_model``: the SAM used when the config names no checkpoint
-    (default: a published-size one of ``[vit] net_type``)."""
+    SAM segmenter with the ``--encoder`` chosen, both run by ``[run] engine`` (``--engine``; an
+    exported graph is exported or read before any timing); with ``--sample N`` every network is
+    wrapped in one :class:`Sampler`. ``sam_model``: the SAM used when the config names no
+    checkpoint (default: a published-size one of ``[vit] net_type``)."""
     medlam_ckpt = cfg.weight.medlam_load_path
     random_medlam = medlam_ckpt is None or not Path(medlam_ckpt).is_file()
     network: Any = build_medlam(
@@ -86,12 +100,17 @@ def build_networks(
         device,
         base_chns=args.medlam_width if random_medlam else None,
     )
+    network = with_engine(network, cfg.run.engine, device)
+    if isinstance(network, EngineMedLAM):  # exported (or read from the cache) before timing
+        network.prepare(tuple(cfg.data.feature_scale_ls))
     segmenter, random_sam = _sam_segmenter(cfg, device, sam_model)
     if isinstance(segmenter, SamSegmenter):
         if args.encoder == "fast":
             accelerate_image_encoder(segmenter.model)
         else:
             restore_image_encoder(segmenter.model)
+        if isinstance(segmenter.encoder, EngineEncoder):
+            segmenter.encoder.graph()
     sampler = None
     if args.sample:
         cuda = device.startswith("cuda")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medlsam.bench import __doc__ as PACKAGE_DOC
+from medlsam.config import ENGINES
 
 
 def _case_options(p: argparse.ArgumentParser) -> None:
@@ -66,6 +67,13 @@ def _network_options(p: argparse.ArgumentParser) -> None:
 
 def _device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="how MedLAM and the SAM encoder run on the CPU (default: the config's [run] "
+        "engine, auto); CUDA always runs PyTorch",
+    )
     p.add_argument(
         "--sam-precision",
         choices=("fp32", "bf16", "fp16"),

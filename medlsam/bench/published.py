@@ -48,9 +48,12 @@ class PublishedWork:
 
 @dataclass(frozen=True)
 class UnitCosts:
-    """Seconds per unit of published work, measured in the run (module docstring)."""
+    """Seconds per unit of published work, measured in the run (module docstring): ``patch``
+    is ours, ``eager_patch`` the published code's (PyTorch eager; differs from ``patch`` when
+    MedLAM ran in another engine)."""
 
     patch: float
+    eager_patch: float
     match_point: float
     stock_encoder: float
     decoder_box: float
@@ -76,6 +79,16 @@ def published_work(run: StageRun, nets: Networks) -> PublishedWork:
     )
 
 
+def time_eager_patch(model: torch.nn.Module, scales) -> float:
+    """Seconds of one PyTorch-eager 64^3 MedLAM patch with fc and ``scales`` (CPU, float32):
+    the published code's cost per patch when our run used another engine."""
+    x = torch.zeros(1, 1, 64, 64, 64)
+    with torch.inference_mode():
+        began = time.perf_counter()
+        model(x, fc=True, features=scales)
+        return time.perf_counter() - began
+
+
 def time_match_point(channels: int, scales, device: torch.device, repeats: int = 1) -> float:
     """Seconds of the published template match of ONE point: a conv3d per scale, then resize."""
     sizes = {"feature0": 16, "feature1": 32, "feature2": 64}
@@ -99,18 +112,20 @@ def time_match_point(channels: int, scales, device: torch.device, repeats: int =
 
 
 def time_stock_encoder_and_decoder(segmenter: SamSegmenter, out_hw) -> tuple[float, float]:
-    """One STOCK encoder call on a 1024^2 image and one single-box decoder call, seconds (the
-    segmenter's stats are left as they were)."""
+    """One STOCK PyTorch-eager encoder call on a 1024^2 image and one single-box decoder call,
+    seconds (the segmenter's encoder and stats are left as they were)."""
     model = segmenter.model
     was_fast = is_accelerated(model)
     restore_image_encoder(model)
     before = segmenter.stats.copy()
+    runner, segmenter.encoder = segmenter.encoder, model.image_encoder
     image = np.random.default_rng(0).integers(0, 256, (1, 1024, 1024, 3), dtype=np.uint8)
     try:  # no warm-up call: the fast path already ran the same layers on this model
         began = time.perf_counter()
         emb = segmenter.encode(image)
         enc = time.perf_counter() - began
     finally:
+        segmenter.encoder = runner
         if was_fast:
             accelerate_image_encoder(model)
     box = np.array([[300.0, 300.0, 700.0, 700.0]])
@@ -155,7 +170,10 @@ def unit_costs(run: StageRun, nets: Networks, encoder: str) -> UnitCosts:
         else 0.0
     )
     stock, decoder_box = _sam_costs(run, nets, encoder)
-    return UnitCosts(patch, match, stock, decoder_box)
+    eager = patch
+    if nets.runner is not nets.medlam:  # an engine ran MedLAM; the published code runs eager
+        eager = time_eager_patch(nets.medlam, loc.feature_scales)
+    return UnitCosts(patch, eager, match, stock, decoder_box)
 
 
 def published_seconds(run: StageRun, work: PublishedWork, costs: UnitCosts) -> dict[str, float]:
@@ -165,8 +183,9 @@ def published_seconds(run: StageRun, work: PublishedWork, costs: UnitCosts) -> d
     return {
         "read": seconds["read"],
         "preprocess": seconds["preprocess"],
-        "prototypes": work.proto_patches * costs.patch,
-        "localization": work.query_patches * costs.patch + work.refine_points * costs.match_point,
+        "prototypes": work.proto_patches * costs.eager_patch,
+        "localization": work.query_patches * costs.eager_patch
+        + work.refine_points * costs.match_point,
         "slice_preprocessing": work.prep_slices * seconds["slice_preprocessing"] / slices,
         "encoder": work.encoder_calls * costs.stock_encoder,
         "decoder": work.encoder_calls * costs.decoder_box,

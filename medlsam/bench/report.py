@@ -51,6 +51,7 @@ def medlam_section(run: StageRun, nets: Networks, work: PublishedWork, costs: Un
             "published_forward_passes": work.query_passes,
         },
         "seconds_per_patch": round(costs.patch, 4),
+        "eager_seconds_per_patch": round(costs.eager_patch, 4),
         "published_match_seconds_per_point": round(costs.match_point, 4),
         "width": int(nets.medlam.base_chns),
         "precision": loc.precision,
@@ -69,6 +70,7 @@ def sam_section(run: StageRun, nets: Networks, costs: UnitCosts, encoder: str) -
         "backend": seg.name,
         "precision": getattr(seg, "precision", None),
         "encoder": encoder if is_sam else None,
+        "engine": getattr(seg, "engine", None),
         "encoder_seconds_per_call": round(run.clock.seconds["encoder"] / max(1, calls), 3),
         "stock_encoder_seconds_per_call": round(costs.stock_encoder, 3),
         "decoder_seconds_per_box_published": round(costs.decoder_box, 4),
@@ -107,6 +109,10 @@ def build_report(
         "medlam": medlam_section(run, nets, work, costs),
         "sam": sam_section(run, nets, costs, context["encoder"]),
         "coarse_points": "query labels" if run.label is not None else "relative distance",
+        "engine": {
+            "medlam": getattr(nets.runner, "engine", "torch"),
+            "sam_encoder": getattr(nets.segmenter, "engine", None),
+        },
         "projected": nets.sampler is not None,
         "sampling": None if nets.sampler is None else nets.sampler.report(),
     }
@@ -155,7 +161,8 @@ def _summary_lines(report: dict) -> list[str]:
     lines.append(
         f"machine: {m['cpu']}, {m['torch_threads']} threads, device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "")
-        + f", torch {m['torch']}"
+        + f", torch {m['torch']}; engine MedLAM {report['engine']['medlam']}, SAM encoder "
+        f"{report['engine']['sam_encoder']}"
     )
     return lines
 

@@ -88,9 +88,10 @@ def build_localizer(cfg: Config, device: str, network: Any = None) -> Any:
     """The ``[localize] method`` localizer, not fitted: MedLAM from ``[weight] medlam_load_path``
     in a :class:`Localizer`, or the weight-free :class:`RegistrationLocalizer`.
 
-    ``network`` (MedLAM only): the network to run in place of the checkpoint's, used as given
-    (already on ``device``; random weights, or a wrapper called like the network, as the
-    benchmark's); every setting still comes from ``cfg``.
+    ``network`` (MedLAM only): the network to run in place of the checkpoint's (which runs in
+    ``[run] engine``), used as given (already on ``device``; random weights, an engine's
+    wrapper, or a wrapper called like the network, as the benchmark's); every other setting
+    still comes from ``cfg``.
     """
     method = cfg.localize
     if method.method == "registration":
@@ -104,6 +105,7 @@ def build_localizer(cfg: Config, device: str, network: Any = None) -> Any:
             seed=cfg.run.seed,
             class_names=dict(cfg.data.class_names),
         )
+    from medlsam.localization.engine import with_engine
     from medlsam.localization.localizer import Localizer
     from medlsam.localization.network import build_medlam
 
@@ -112,7 +114,9 @@ def build_localizer(cfg: Config, device: str, network: Any = None) -> Any:
     elif cfg.weight.medlam_load_path is None:
         raise ConfigError(f"{cfg.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
     else:
-        model = build_medlam(cfg.weight.medlam_load_path, device)
+        model = with_engine(
+            build_medlam(cfg.weight.medlam_load_path, device), cfg.run.engine, device
+        )
     logger.info("localizer: medlam (%s)", method.chosen_by)  # after the checkpoint is read
     starts = None
     if cfg.run.published:  # one start stream over the whole query list, whatever the shard

@@ -16,6 +16,7 @@ from medlsam.bench.options import parse_args
 from medlsam.bench.report import table
 from medlsam.bench.run import run_benchmark
 from medlsam.bench.stages import STAGES
+from medlsam.engine import resolve_engine
 
 #: counts that must not depend on replaying network calls
 COUNTS = ("encoder_calls", "decoder_calls", "slices_segmented", "boxes_prompted")
@@ -36,7 +37,7 @@ def _run(config, *extra: str) -> dict:
     torch.manual_seed(0)
     args = parse_args(
         ["--config", str(config), "--device", "cpu", "--threads", "1", "--medlam-width", "2"]
-        + list(extra)
+        + ["--engine", "torch", *extra]
     )
     return run_benchmark(args, sam_model=tiny_sam())
 
@@ -99,6 +100,9 @@ def test_main_writes_the_json_report(tiny_config, tmp_path, monkeypatch, capsys)
         torch.set_num_threads(threads)
     report = json.loads(out.read_text())
     assert report["projected"] and "PROJECTED" in capsys.readouterr().out
+    # the config's engine (auto): MedLAM in the first CPU engine installed, SAM on PyTorch
+    assert report["engine"] == {"medlam": resolve_engine("auto", "cpu"), "sam_encoder": "torch"}
+    assert report["medlam"]["eager_seconds_per_patch"] > 0
 
 
 def test_label_boxes_split_an_organ_along_the_slice_axis():
