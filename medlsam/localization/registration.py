@@ -63,6 +63,15 @@ BODY_LEVEL = 0.125
 #: Scales an affine may reach before it counts as not converged.
 SCALE_RANGE = (0.5, 2.0)
 FUSIONS = ("median", "vote")
+REFINES = ("none", "organ")
+#: Margin (3 mm voxels) around an organ's warped box that its local search looks at.
+LOCAL_MARGIN = 5
+#: Voxels (3 mm) around the support's organ that its local metric looks at (0: no limit).
+LOCAL_SHELL = 3
+#: Exhaustive local search, coarse to fine: (steps each way per axis, mm per step).
+LOCAL_STEPS = ((2, 6.0), (1, 3.0))
+#: Fewest query voxels the local region must hold (else the global affine stands).
+LOCAL_MIN_VOXELS = 200
 #: Levels of the global affine (shrink factors of the 3 mm grid: 12 mm, then 6 mm).
 SHRINK = [4, 2]
 #: Random samples of the global metric per level.
@@ -222,6 +231,7 @@ class RegistrationLocalizer:
         seed: seed of the metric's random sampling.
         iterations: optimizer iterations per level.
         class_names: organ names for messages.
+        refine: ``organ`` (a local translation per organ after the global affine) or ``none``.
     """
 
     name = "registration"
@@ -235,12 +245,16 @@ class RegistrationLocalizer:
         seed: int = 2023,
         iterations: int = 100,
         class_names: dict[int, str] | None = None,
+        refine: str = "none",
     ) -> None:
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
+        if refine not in REFINES:
+            raise ValueError(f"refine must be one of {REFINES}, not {refine!r}")
         self.mode = BoxMode(mode)
         self.slice_interval = slice_interval
         self.fusion = fusion
+        self.refine = refine
         self.seed = int(seed)
         self.iterations = int(iterations)
         self.class_names = dict(class_names or {})
@@ -338,6 +352,53 @@ class RegistrationLocalizer:
         score = self._after_score(query, fixed, moving, affine)
         return Match(atlas.name, affine, search, score, time.perf_counter() - began)
 
+    def refine_organ(
+        self,
+        query: np.ndarray,
+        q_frame: Frame,
+        atlas: _Atlas,
+        transform: sitk.Transform,
+        warped: np.ndarray,
+        c: int,
+    ) -> sitk.Transform:
+        """One organ's local translation after the global ``transform``: an exhaustive search
+        (:data:`LOCAL_STEPS`) of Mattes MI between the query voxels within
+        :data:`LOCAL_MARGIN` of the organ's warped box (``warped``: its mask on the padded
+        grid) and the support's organ with a :data:`LOCAL_SHELL` shell. Organs of two
+        subjects move against each other, which one affine cannot follow; the metric's
+        landscape on a few hundred voxels is too rough for gradient descent. The global
+        transform stands when the region is under :data:`LOCAL_MIN_VOXELS` or the search
+        raises."""
+        box = bounding_box(warped)
+        if box is None:
+            return transform
+        top = np.array(query.shape) - 1
+        lo = np.clip(box[0] - PAD - LOCAL_MARGIN, 0, top)
+        hi = np.clip(box[1] - PAD + LOCAL_MARGIN, 0, top)
+        mask = np.zeros(query.shape, dtype=np.uint8)
+        mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = 1
+        if mask.sum() < LOCAL_MIN_VOXELS:
+            return transform
+        organ = ndimage.binary_dilation(atlas.label == c, iterations=LOCAL_SHELL)
+        shift = sitk.TranslationTransform(3)
+        local = sitk.CompositeTransform([sitk.AffineTransform(transform), shift])
+        fixed, moving = q_frame.image(query), atlas.frame.image(atlas.image)
+        for steps, mm in LOCAL_STEPS:
+            method = sitk.ImageRegistrationMethod()
+            method.SetMetricAsMattesMutualInformation(32)
+            method.SetMetricSamplingStrategy(method.NONE)
+            method.SetInterpolator(sitk.sitkLinear)
+            method.SetMetricFixedMask(q_frame.image(mask))
+            method.SetMetricMovingMask(atlas.frame.image(organ.astype(np.uint8)))
+            method.SetOptimizerAsExhaustive([steps] * 3, stepLength=mm)
+            method.SetOptimizerScales([1.0, 1.0, 1.0])
+            method.SetInitialTransform(local, inPlace=True)
+            try:
+                method.Execute(fixed, moving)
+            except RuntimeError:
+                return transform
+        return local
+
     @staticmethod
     def _after_score(
         query: np.ndarray, fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform
@@ -362,12 +423,11 @@ class RegistrationLocalizer:
         )
         return sitk.GetArrayFromImage(warped)
 
-    def locate(self, grid: MedlamInput, q_frame: Frame) -> dict[int, np.ndarray | None]:
-        """Fused points per organ on the UNPADDED 3 mm grid ``(groups, 6, 3)`` ``(z, y, x)``,
-        or None where no matching support holds the organ."""
+    def support_masks(self, grid: MedlamInput, q_frame: Frame) -> dict[int, list[np.ndarray]]:
+        """Each matching support's mask of each organ on the query's PADDED 3 mm grid (after
+        the global affine, and the organ's local one with ``refine = organ``)."""
         if not self.atlases:
             raise RuntimeError("RegistrationLocalizer has no supports: call fit() first")
-        points: dict[int, list[np.ndarray]] = {c: [] for c in self.classes}
         masks: dict[int, list[np.ndarray]] = {c: [] for c in self.classes}
         self.last_matches = []
         for atlas in self.atlases:
@@ -375,24 +435,44 @@ class RegistrationLocalizer:
             self.last_matches.append(match)
             if not match.matched:
                 continue
+            began = time.perf_counter()
             warped = self.warp_labels(atlas, q_frame, grid.array.shape, match.transform)
             for c in self.classes:
                 mask = warped == c
-                if not mask.any():
-                    continue
-                if self.fusion == "vote":
+                if mask.any() and self.refine == "organ":
+                    local = self.refine_organ(grid.array, q_frame, atlas, match.transform, mask, c)
+                    one = _Atlas(
+                        atlas.name, atlas.image, (atlas.label == c).astype(np.int32), atlas.frame
+                    )
+                    mask = self.warp_labels(one, q_frame, grid.array.shape, local) == 1
+                if mask.any():
                     masks[c].append(mask)
-                else:
-                    points[c].append(support_points(mask, self.splits[c]))
+            match.seconds += time.perf_counter() - began
+        return masks
+
+    def fuse(
+        self, masks: dict[int, list[np.ndarray]], fusion: str | None = None
+    ) -> dict[int, np.ndarray | None]:
+        """Fused points per organ on the UNPADDED 3 mm grid ``(groups, 6, 3)`` ``(z, y, x)``,
+        or None where no matching support holds the organ (``fusion``: this localizer's by
+        default)."""
+        fusion = fusion or self.fusion
         fused: dict[int, np.ndarray | None] = {}
         for c in self.classes:
-            if self.fusion == "vote":
-                fused[c] = _vote(masks[c], self.splits[c])
+            if fusion == "vote":
+                points = _vote(masks[c], self.splits[c])
+            elif masks[c]:
+                points = np.median(
+                    np.stack([support_points(m, self.splits[c]) for m in masks[c]]), axis=0
+                )
             else:
-                fused[c] = np.median(np.stack(points[c]), axis=0) if points[c] else None
-            if fused[c] is not None:
-                fused[c] = (fused[c] - PAD).reshape(-1, 6, 3)
+                points = None
+            fused[c] = None if points is None else (points - PAD).reshape(-1, 6, 3)
         return fused
+
+    def locate(self, grid: MedlamInput, q_frame: Frame) -> dict[int, np.ndarray | None]:
+        """Fused points per organ (:meth:`fuse` of :meth:`support_masks`)."""
+        return self.fuse(self.support_masks(grid, q_frame))
 
     def case_report(self) -> dict:
         """What the last :meth:`predict` did per support (for ``run.json``)."""
@@ -413,8 +493,13 @@ class RegistrationLocalizer:
     def predict(self, volume: Volume) -> dict[int, OrganBoxes]:
         """Boxes of every organ in ``volume`` (a CT in HU, any orientation), as MedLAM's."""
         grid = medlam_image(volume, "linear")
-        q_frame = Frame.of(volume, grid)
-        located = self.locate(grid, q_frame)
+        return self.boxes(volume, grid, self.locate(grid, Frame.of(volume, grid)))
+
+    def boxes(
+        self, volume: Volume, grid: MedlamInput, located: dict[int, np.ndarray | None]
+    ) -> dict[int, OrganBoxes]:
+        """:class:`OrganBoxes` in ``volume``'s voxels of points from :meth:`fuse` (one warning
+        per organ left outside, one when no support matched)."""
         if not any(m.matched for m in self.last_matches):
             best = max(m.score for m in self.last_matches)
             logger.warning(
