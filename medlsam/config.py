@@ -74,6 +74,8 @@ OVERLAP_RULES: tuple[str, ...] = ("score", "later")
 #: ``[run] reproduce``: ``none`` (medlsam's behaviour) or ``published`` (the published code's).
 REPRODUCE_MODES: tuple[str, ...] = ("none", "published")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: ``[run] engine``: how the networks run on the CPU (see medlsam.engine); CUDA runs PyTorch
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 #: Localizers a user can name in ``[localize] method``.
 LOCALIZE_METHODS: tuple[str, ...] = ("medlam", "registration")
 REGISTRATION_FUSIONS: tuple[str, ...] = ("median", "vote")
@@ -155,6 +157,7 @@ class RunConfig:
     dicom_seg: bool = False  # also write <case>.seg.dcm for queries read from DICOM
     organ_masks: bool = False  # also write <case>/<organ>.nii.gz, one binary map per organ
     medlam_precision: str = "fp16"
+    engine: str = "auto"
     reproduce: str = "none"
 
     @property
@@ -237,6 +240,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "dicom_seg": False,
         "organ_masks": False,
         "medlam_precision": False,
+        "engine": False,
         "reproduce": False,
     },
     "localize": {"method": False, "fusion": False, "refine": False},
@@ -407,6 +411,7 @@ def _read_run(reader: SectionReader, reproduce: str) -> RunConfig:
         organ_masks=reader.bool_value("run", "organ_masks", False),
         reproduce=reproduce,
         medlam_precision=reader.choice("run", "medlam_precision", "fp16", MEDLAM_PRECISIONS),
+        engine=reader.choice("run", "engine", "auto", ENGINES),
     )
 
 

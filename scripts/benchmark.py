@@ -66,8 +66,9 @@ from benchmark_sampling import Sampler, medlam_key, sample_medlam, sample_sam  #
 
 import medlsam.localization.localizer as localize_module  # noqa: E402
 from medlsam.boxes import Box3D, OrganBoxes  # noqa: E402
-from medlsam.config import load_config  # noqa: E402
+from medlsam.config import ENGINES, load_config  # noqa: E402
 from medlsam.io import read_image, read_label  # noqa: E402
+from medlsam.localization.engine import EngineMedLAM, with_engine  # noqa: E402
 from medlsam.localization.localizer import Localizer  # noqa: E402
 from medlsam.localization.matching import INITIAL_PATCHES  # noqa: E402
 from medlsam.localization.network import build_medlam  # noqa: E402
@@ -77,6 +78,7 @@ from medlsam.pipeline.run import run_case  # noqa: E402
 from medlsam.pipeline.setup import resolve_device  # noqa: E402
 from medlsam.preprocess import PAD  # noqa: E402
 from medlsam.segment import SamSegmenter, build_segmenter  # noqa: E402
+from medlsam.segment.engine import EngineEncoder  # noqa: E402
 from medlsam.segment.fast import (  # noqa: E402
     accelerate_image_encoder,
     configure_cpu_threads,
@@ -229,6 +231,16 @@ class BenchLocalizer:
 # published-cost measurements
 
 
+def time_eager_patch(model: torch.nn.Module, scales) -> float:
+    """Seconds of one PyTorch-eager 64^3 MedLAM patch with fc and ``scales`` (CPU, float32):
+    the published code's cost per patch when our run used another engine."""
+    x = torch.zeros(1, 1, 64, 64, 64)
+    with torch.inference_mode():
+        began = time.perf_counter()
+        model(x, fc=True, features=scales)
+        return time.perf_counter() - began
+
+
 def time_match_point(channels: int, scales, device: torch.device, repeats: int = 1) -> float:
     """Seconds of the published template match of ONE point: a conv3d per scale, then resize."""
     sizes = {"feature0": 16, "feature1": 32, "feature2": 64}
@@ -257,12 +269,14 @@ def time_stock_encoder_and_decoder(segmenter: SamSegmenter, out_hw) -> tuple[flo
     was_fast = is_accelerated(model)
     restore_image_encoder(model)
     before = segmenter.stats.copy()
+    runner, segmenter.encoder = segmenter.encoder, model.image_encoder  # PyTorch eager
     image = np.random.default_rng(0).integers(0, 256, (1, 1024, 1024, 3), dtype=np.uint8)
     try:  # no warm-up call: the fast path already ran the same layers on this model
         began = time.perf_counter()
         emb = segmenter.encode(image)
         enc = time.perf_counter() - began
     finally:
+        segmenter.encoder = runner
         if was_fast:
             accelerate_image_encoder(model)
     box = np.array([[300.0, 300.0, 700.0, 700.0]])
@@ -288,8 +302,9 @@ def build_networks(cfg, args, device: str):
         device,
         base_chns=args.medlam_width if random_medlam else None,
     )
+    engine = cfg.run.engine if args.engine is None else args.engine
     localizer = Localizer(
-        medlam,
+        with_engine(medlam, engine, device),
         device,
         mode=cfg.data.bbox_mode,
         slice_interval=cfg.data.slice_interval,
@@ -303,14 +318,18 @@ def build_networks(cfg, args, device: str):
     vit_ckpt = cfg.weight.vit_load_path
     if vit_ckpt is not None and Path(vit_ckpt).is_file():
         vit = dataclasses.replace(cfg.vit, precision=sam_precision)
-        segmenter = build_segmenter(vit, vit_ckpt, device)
+        segmenter = build_segmenter(vit, vit_ckpt, device, engine=engine)
         random_sam = False
     else:
         from segment_anything import sam_model_registry
 
         net = cfg.vit.net_type
         segmenter = SamSegmenter(
-            sam_model_registry[net](), device, name=f"sam_{net}", precision=sam_precision
+            sam_model_registry[net](),
+            device,
+            name=f"sam_{net}",
+            precision=sam_precision,
+            engine=engine,
         )
         random_sam = True
     if isinstance(segmenter, SamSegmenter):
@@ -318,6 +337,10 @@ def build_networks(cfg, args, device: str):
             accelerate_image_encoder(segmenter.model)
         else:
             restore_image_encoder(segmenter.model)
+        if isinstance(segmenter.encoder, EngineEncoder):
+            segmenter.encoder.graph()  # exported (or read from the cache) before any timing
+    if isinstance(localizer.model, EngineMedLAM):
+        localizer.model.prepare(localizer.feature_scales)
     return localizer, segmenter, random_medlam, random_sam
 
 
@@ -460,6 +483,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         sec_per_patch = (
             sampler.seconds_per_item(medlam_key(True, localizer.feature_scales)) or sec_per_patch
         )
+    pub_sec_per_patch = sec_per_patch
+    if isinstance(localizer.model, EngineMedLAM):  # the published code runs PyTorch eager
+        pub_sec_per_patch = time_eager_patch(localizer.model.model, localizer.feature_scales)
     match_point = (
         time_match_point(localizer.model.feature_chns, localizer.feature_scales, localizer.device)
         if localizer.feature_scales
@@ -482,8 +508,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     published = {
         "read": clock.seconds["read"],
         "preprocess": clock.seconds["preprocess"],
-        "prototypes": pub_proto_patches * sec_per_patch,
-        "localization": pub_query_patches * sec_per_patch + refine_points * match_point,
+        "prototypes": pub_proto_patches * pub_sec_per_patch,
+        "localization": pub_query_patches * pub_sec_per_patch + refine_points * match_point,
         "slice_preprocessing": published_prep_slices
         * clock.seconds["slice_preprocessing"]
         / slices,
@@ -520,6 +546,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 "published_forward_passes": pub_query_passes,
             },
             "seconds_per_patch": round(sec_per_patch, 4),
+            "eager_seconds_per_patch": round(pub_sec_per_patch, 4),
             "published_match_seconds_per_point": round(match_point, 4),
             "width": int(localizer.model.base_chns),
             "precision": localizer.precision,
@@ -531,6 +558,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "backend": segmenter.name,
             "precision": getattr(segmenter, "precision", None),
             "encoder": args.encoder if isinstance(segmenter, SamSegmenter) else None,
+            "engine": getattr(segmenter, "engine", None),
             "encoder_seconds_per_call": round(
                 clock.seconds["encoder"] / max(1, work.get("encoder_calls", 0)), 3
             ),
@@ -552,6 +580,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "spec": None if spec is None else spec.key(),
         },
         "machine": machine(device, threads),
+        "engine": {
+            "medlam": getattr(localizer.model, "engine", "torch"),
+            "sam_encoder": getattr(segmenter, "engine", None),
+        },
         "projected": sampler is not None,
         "sampling": None if sampler is None else sampler.report(),
     }
@@ -643,7 +675,8 @@ def table(report: dict) -> str:
     lines.append(
         f"machine: {m['cpu']}, {m['torch_threads']} threads, device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "")
-        + f", torch {m['torch']}"
+        + f", torch {m['torch']}; engine MedLAM {report['engine']['medlam']}, SAM encoder "
+        f"{report['engine']['sam_encoder']}"
     )
     return "\n".join(lines)
 
@@ -699,6 +732,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run only the first N network calls of each kind and price the rest at their "
         "measured mean (projected seconds, exact counts; for cases that take hours on a CPU)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="how MedLAM and the SAM encoder run on the CPU (default: the config's [run] "
+        "engine, auto); CUDA always runs PyTorch",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument(

@@ -162,8 +162,7 @@ def sample_sam(segmenter, sampler: Sampler) -> None:
     through ``sampler`` (stages ``encoder`` and ``decoder``)."""
     import numpy as np
 
-    encoder = segmenter.model.image_encoder
-    encode = encoder.forward
+    encode = segmenter.encoder  # the image encoder, or its inference-engine graph
     decode = segmenter.decode
 
     def sampled_encode(x):
@@ -184,5 +183,5 @@ def sample_sam(segmenter, sampler: Sampler) -> None:
 
         return sampler.call("sam_decoder", 1, lambda: decode(embedding, boxes, out_hw), replay)
 
-    encoder.forward = sampled_encode  # type: ignore[method-assign]
+    segmenter.encoder = sampled_encode
     segmenter.decode = sampled_decode

@@ -98,3 +98,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _export_cache(tmp_path_factory):
+    """Networks exported for an inference engine go to a temporary folder, never the user's
+    cache (``MEDLSAM_CACHE_DIR``; subprocesses inherit it)."""
+    import os
+
+    old = os.environ.get("MEDLSAM_CACHE_DIR")
+    os.environ["MEDLSAM_CACHE_DIR"] = str(tmp_path_factory.mktemp("medlsam_cache"))
+    yield
+    if old is None:
+        os.environ.pop("MEDLSAM_CACHE_DIR", None)
+    else:
+        os.environ["MEDLSAM_CACHE_DIR"] = old

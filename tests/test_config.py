@@ -285,3 +285,13 @@ def test_query_case_names_must_be_unique(tmp_path):
     lab.write_text(lab.read_text() + "../../../img/query_label_0.nii.gz\n")
     with pytest.raises(ConfigError, match="share the case name 'img'"):
         check_case_names(load_config(_write(root, PUBLISHED)))
+
+
+def test_run_engine_key(tmp_path):
+    root = _tree(tmp_path)
+    assert load_config(_write(root, PUBLISHED)).run.engine == "auto"
+    path = _write(root, PUBLISHED + "\n[run]\nengine = openvino\n")
+    assert load_config(path).run.engine == "openvino"
+    bad = _write(root, PUBLISHED + "\n[run]\nengine = tensorrt\n")
+    with pytest.raises(ConfigError, match=r"engine = 'tensorrt': expected one of auto, torch"):
+        load_config(bad)

@@ -2,7 +2,7 @@
 
 Core modules (``medlsam/*.py``) rank among themselves:
 errors/organs -> volume -> io -> ini/weights -> config -> boxes/png/records/download/dicom_seg
--> preprocess/checkpoint/boxplot.
+-> preprocess/checkpoint/devices/export_cache/boxplot -> engine -> (stages) -> api.
 Above the core, stage packages: localization and segment (beside each other) and evaluation
 (reads files only: never a model, never torch) -> train -> pipeline -> bench -> cli.
 A module may import modules of a lower rank, or of its own package; a package's
@@ -34,6 +34,8 @@ CORE = {
     "preprocess": 6,
     "checkpoint": 6,
     "devices": 6,
+    "export_cache": 6,
+    "engine": 7,
     "api": 19,  # the public functions: above every stage, below the commands
 }
 

@@ -242,7 +242,11 @@ def run(cfg: Config, options: RunOptions | str | None = None, **overrides: Any) 
     segmenter = opts.segmenter
     if segmenter is None:  # checkpoint errors surface here, before any case
         segmenter = build_segmenter(
-            cfg.vit, cfg.weight.vit_load_path, device, published=cfg.run.published
+            cfg.vit,
+            cfg.weight.vit_load_path,
+            device,
+            engine=cfg.run.engine,
+            published=cfg.run.published,
         )
     localizer = opts.localizer
     if localizer is None and not opts.boxes_from_labels:

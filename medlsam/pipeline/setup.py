@@ -100,6 +100,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
             seed=cfg.run.seed,
             class_names=dict(cfg.data.class_names),
         )
+    from medlsam.localization.engine import with_engine
     from medlsam.localization.localizer import Localizer
     from medlsam.localization.network import build_medlam
 
@@ -113,7 +114,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
 
         starts = PublishedStarts(cfg.run.seed, cfg.data.query_images, prepare=padded_query)
     return Localizer(
-        model,
+        with_engine(model, cfg.run.engine, device),
         device,
         mode=cfg.data.bbox_mode,
         slice_interval=cfg.data.slice_interval,

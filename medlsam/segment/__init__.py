@@ -61,6 +61,7 @@ def build_segmenter(
     device: torch.device | str = "cpu",
     supports: Sequence[tuple[Volume, Volume]] | None = None,
     classes: Sequence[int] | None = None,
+    engine: str = "torch",
     published: bool = False,
     **options: object,
 ) -> BoxSegmenter:
@@ -72,6 +73,8 @@ def build_segmenter(
         device: where a network runs.
         supports, classes: support ``(image, label)`` pairs and organ ids; when given,
             :meth:`BoxSegmenter.fit` is called (the ``classic`` backend needs it).
+        engine: ``[run] engine``, how a SAM-family encoder runs on the CPU (``classic`` has
+            no network and ignores it).
         published: SAM backends build their slice images as the published code does
             (``[run] reproduce = published``: :func:`medlsam.preprocess.sam_window_published`).
         options: passed to the builder (for SAM: ``batch_size``, ``precision``,
@@ -88,6 +91,8 @@ def build_segmenter(
         )
     if vit.backend.startswith("medsam"):
         options = {"normalization": vit.medsam_normalization, **options}
+    if vit.backend != "classic":
+        options = {"engine": engine, **options}
     if published and vit.backend != "classic":
         options = {"window": "published", **options}
     if vit.backend != "classic":

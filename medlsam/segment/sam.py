@@ -47,7 +47,9 @@ from segment_anything.modeling import Sam
 
 from medlsam.checkpoint import describe, file_sha256, fit_problems, load_weights
 from medlsam.devices import Stopwatch, autocast_dtype, effective
+from medlsam.engine import resolve_engine
 from medlsam.errors import CheckpointError
+from medlsam.export_cache import ExportCache
 from medlsam.io import Volume
 from medlsam.preprocess import (
     SAM_WINDOW,
@@ -57,6 +59,7 @@ from medlsam.preprocess import (
     slice_frame,
 )
 from medlsam.segment.base import FRAME, SegmenterStats, SliceRequest, SliceResult, nearest_index
+from medlsam.segment.engine import EngineEncoder
 from medlsam.segment.fast import accelerate_image_encoder
 
 logger = logging.getLogger(__name__)
@@ -168,6 +171,10 @@ class SamSegmenter:
             ``"thread"`` (default otherwise).
         checkpoint_sha256: recorded in ``run.json``.
         zero_raw_zero: force voxels of exactly 0 HU to black, as the published code does.
+        engine: how the image encoder runs on the CPU (``[run] engine``: ``torch`` or ``auto``
+            run PyTorch, ``onnxruntime`` or ``openvino`` an exported graph; see
+            :mod:`medlsam.engine`); CUDA always runs PyTorch.
+        export_cache: where exported encoders are kept (default: the user cache folder).
         window: ``"medlsam"`` (float window resized, then clipped to uint8) or ``"published"``
             (the published slice exactly: :func:`medlsam.preprocess.sam_window_published`, then
             the order-2 resize; 0 HU black, int32 truncation before resizing).
@@ -186,6 +193,8 @@ class SamSegmenter:
         zero_raw_zero: bool = False,
         fast_encoder: bool = True,
         worker_kind: str | None = None,
+        engine: str = "torch",
+        export_cache: ExportCache | None = None,
         window: str = "medlsam",
     ) -> None:
         if model.image_encoder.img_size != FRAME:
@@ -218,6 +227,14 @@ class SamSegmenter:
         self.window = window
         self.stats = SegmenterStats()
         self._lock = threading.Lock()
+        # ``auto`` keeps the fused PyTorch encoder: exporting ViT-B at 1024^2 to ONNX took more
+        # than 8.5 GB RSS here (killed), over the 6 GB a default run may use
+        self.engine = "torch" if engine == "auto" else resolve_engine(engine, self.device)
+        self.encoder = (
+            self.model.image_encoder
+            if self.engine == "torch"
+            else EngineEncoder(self.model.image_encoder, self.engine, export_cache)
+        )
         self._processes: ProcessPoolExecutor | None = None
 
     #: SAM needs no support scans (it is prompted with boxes only)
@@ -246,7 +263,7 @@ class SamSegmenter:
                 with torch.autocast("cuda", dtype=self.autocast_dtype):
                     emb = self.model.image_encoder(x)
             else:
-                emb = self.model.image_encoder(x)
+                emb = self.encoder(x)
             emb = emb.float()
         self.stats.encoder_calls += int(x.shape[0])
         self.stats.encoder_batches += 1
