@@ -23,6 +23,11 @@ For each query and each support scan:
    A registration that raises, or ends with a scale outside ``[0.5, 2]``, is a
    :class:`RegistrationError` (the case fails with that reason). The correlation inside the
    query's body after the affine must again reach :data:`MIN_MATCH`, else "no match".
+   **Per organ** (``refine = organ``, opt-in): organs of two subjects also move against
+   each other, which one affine cannot follow. After the global affine, each organ's
+   translation is searched exhaustively (6 mm steps over +-12 mm, then 3 mm over +-3 mm),
+   Mattes MI between the query voxels within 15 mm of the organ's warped box and the support's
+   organ with a 9 mm shell (gradient descent stalls on such small regions).
 4. **Labels.** Each organ's support label is warped to the query's grid, padded by 32 voxels as
    MedLAM's is (nearest neighbour), so an organ partly outside the field of view keeps its
    shape; its six extreme points (WPL) or SPL split points are taken as MedLAM takes a
@@ -68,8 +73,10 @@ REFINES = ("none", "organ")
 LOCAL_MARGIN = 5
 #: Voxels (3 mm) around the support's organ that its local metric looks at (0: no limit).
 LOCAL_SHELL = 3
-#: Exhaustive local search, coarse to fine: (steps each way per axis, mm per step).
-LOCAL_STEPS = ((2, 6.0), (1, 3.0))
+#: Exhaustive local search, coarse to fine: (steps each way per axis, 3 mm voxels per step).
+LOCAL_STEPS = ((2, 2), (1, 1))
+#: Random samples of the local metric (fewer query voxels: all of them).
+LOCAL_SAMPLES = 8000
 #: Fewest query voxels the local region must hold (else the global affine stands).
 LOCAL_MIN_VOXELS = 200
 #: Levels of the global affine (shrink factors of the 3 mm grid: 12 mm, then 6 mm).
@@ -97,10 +104,13 @@ class Frame:
         spacing = np.where(spacing > 1e-6, spacing, 3.0)
         return cls(world[0], spacing)
 
-    def image(self, array: np.ndarray, pad: int = 0) -> sitk.Image:
+    def image(self, array: np.ndarray, pad: int = 0, start: np.ndarray | None = None) -> sitk.Image:
+        """``array`` on this frame, padded by ``pad`` voxels, or a crop whose first voxel is
+        ``start`` ``(z, y, x)``."""
         img = sitk.GetImageFromArray(np.pad(array, pad) if pad else array)
         img.SetSpacing(self.spacing.tolist())
-        img.SetOrigin((self.origin - pad * self.spacing).tolist())
+        first = -pad if start is None else np.asarray(start, dtype=np.float64)[::-1]
+        img.SetOrigin((self.origin + first * self.spacing).tolist())
         return img
 
 
@@ -214,6 +224,16 @@ def _mi_method(shares: list[float], seed: int, iterations: int, step: float):
     method.SetOptimizerScalesFromPhysicalShift()
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     return method
+
+
+def _moved(mask: np.ndarray, move: np.ndarray) -> np.ndarray:
+    """``mask`` read ``move`` voxels ``(z, y, x)`` further: ``out[v] = mask[v + move]``
+    (zero where that falls outside)."""
+    out = np.zeros_like(mask)
+    src = tuple(slice(max(m, 0), n + min(m, 0)) for m, n in zip(move, mask.shape, strict=True))
+    dst = tuple(slice(max(-m, 0), n - max(m, 0)) for m, n in zip(move, mask.shape, strict=True))
+    out[dst] = mask[src]
+    return out
 
 
 def _scales(transform: sitk.AffineTransform) -> np.ndarray:
@@ -360,44 +380,52 @@ class RegistrationLocalizer:
         transform: sitk.Transform,
         warped: np.ndarray,
         c: int,
-    ) -> sitk.Transform:
-        """One organ's local translation after the global ``transform``: an exhaustive search
-        (:data:`LOCAL_STEPS`) of Mattes MI between the query voxels within
-        :data:`LOCAL_MARGIN` of the organ's warped box (``warped``: its mask on the padded
-        grid) and the support's organ with a :data:`LOCAL_SHELL` shell. Organs of two
-        subjects move against each other, which one affine cannot follow; the metric's
-        landscape on a few hundred voxels is too rough for gradient descent. The global
-        transform stands when the region is under :data:`LOCAL_MIN_VOXELS` or the search
+    ) -> np.ndarray:
+        """One organ's mask on the padded grid after a local translation: organs of two
+        subjects move against each other, which one affine cannot follow. The translation is
+        searched exhaustively (:data:`LOCAL_STEPS`, whole 3 mm voxels; gradient descent stalls
+        on such small regions), Mattes MI between the query within :data:`LOCAL_MARGIN` of the
+        organ's warped box (``warped``, after the global ``transform``) and the support's
+        organ with a :data:`LOCAL_SHELL` shell; the warped mask then moves by the same voxels.
+        ``warped`` stands when the region is under :data:`LOCAL_MIN_VOXELS` or the search
         raises."""
-        box = bounding_box(warped)
-        if box is None:
-            return transform
+        box, s_box = bounding_box(warped), bounding_box(atlas.label == c)
+        if box is None or s_box is None:
+            return warped
         top = np.array(query.shape) - 1
         lo = np.clip(box[0] - PAD - LOCAL_MARGIN, 0, top)
         hi = np.clip(box[1] - PAD + LOCAL_MARGIN, 0, top)
-        mask = np.zeros(query.shape, dtype=np.uint8)
-        mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = 1
-        if mask.sum() < LOCAL_MIN_VOXELS:
-            return transform
-        organ = ndimage.binary_dilation(atlas.label == c, iterations=LOCAL_SHELL)
-        shift = sitk.TranslationTransform(3)
-        local = sitk.CompositeTransform([sitk.AffineTransform(transform), shift])
-        fixed, moving = q_frame.image(query), atlas.frame.image(atlas.image)
-        for steps, mm in LOCAL_STEPS:
+        roi = query[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
+        if roi.size < LOCAL_MIN_VOXELS:
+            return warped
+        s_lo = np.maximum(s_box[0] - LOCAL_SHELL - 1, 0)
+        s_hi = np.minimum(s_box[1] + LOCAL_SHELL + 1, np.array(atlas.label.shape) - 1)
+        cut = tuple(slice(a, b + 1) for a, b in zip(s_lo, s_hi, strict=True))
+        organ = ndimage.binary_dilation(atlas.label[cut] == c, iterations=LOCAL_SHELL)
+        local = sitk.CompositeTransform(
+            [sitk.AffineTransform(transform), sitk.TranslationTransform(3)]
+        )
+        share = min(1.0, LOCAL_SAMPLES / roi.size)
+        for steps, voxels in LOCAL_STEPS:
             method = sitk.ImageRegistrationMethod()
             method.SetMetricAsMattesMutualInformation(32)
-            method.SetMetricSamplingStrategy(method.NONE)
+            method.SetMetricSamplingStrategy(method.RANDOM if share < 1 else method.NONE)
+            method.SetMetricSamplingPercentage(share, self.seed)
             method.SetInterpolator(sitk.sitkLinear)
-            method.SetMetricFixedMask(q_frame.image(mask))
-            method.SetMetricMovingMask(atlas.frame.image(organ.astype(np.uint8)))
-            method.SetOptimizerAsExhaustive([steps] * 3, stepLength=mm)
-            method.SetOptimizerScales([1.0, 1.0, 1.0])
+            method.SetMetricMovingMask(atlas.frame.image(organ.astype(np.uint8), start=s_lo))
+            method.SetOptimizerAsExhaustive([steps] * 3, stepLength=voxels)
+            method.SetOptimizerScales(q_frame.spacing.tolist())  # steps of whole voxels
             method.SetInitialTransform(local, inPlace=True)
             try:
-                method.Execute(fixed, moving)
+                method.Execute(
+                    q_frame.image(roi, start=lo),
+                    atlas.frame.image(atlas.image[cut], start=s_lo),
+                )
             except RuntimeError:
-                return transform
-        return local
+                return warped
+        offset = np.array(local.GetNthTransform(1).GetParameters())  # mm, (x, y, z)
+        move = np.rint(offset / q_frame.spacing)[::-1].astype(int)
+        return _moved(warped, move)
 
     @staticmethod
     def _after_score(
@@ -440,11 +468,7 @@ class RegistrationLocalizer:
             for c in self.classes:
                 mask = warped == c
                 if mask.any() and self.refine == "organ":
-                    local = self.refine_organ(grid.array, q_frame, atlas, match.transform, mask, c)
-                    one = _Atlas(
-                        atlas.name, atlas.image, (atlas.label == c).astype(np.int32), atlas.frame
-                    )
-                    mask = self.warp_labels(one, q_frame, grid.array.shape, local) == 1
+                    mask = self.refine_organ(grid.array, q_frame, atlas, match.transform, mask, c)
                 if mask.any():
                     masks[c].append(mask)
             match.seconds += time.perf_counter() - began
