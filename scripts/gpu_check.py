@@ -18,7 +18,7 @@ status is 1 when any check failed. Checks:
                  that differ from the published-precision run
 ``train``        30 training steps at width 24 with all MSS scales: data vs compute seconds,
                  save at 15, resume, compare with the uninterrupted run
-``benchmark``    ``scripts/benchmark.py --quick`` on the device: seconds, peak GPU memory
+``benchmark``    ``python -m medlsam.bench --quick`` on the device: seconds, peak GPU memory
 ``overlap``      ``scripts/measure_slice_overlap.py``: slice preparation hidden behind the
                  encoder, threads vs processes
 
@@ -495,7 +495,8 @@ def check_benchmark(ctx: Context) -> str:
     ctx.run(
         [
             sys.executable,
-            "scripts/benchmark.py",
+            "-m",
+            "medlsam.bench",
             "--quick",
             "--device",
             ctx.device,

@@ -169,3 +169,114 @@ def test_sam_slice_shrinking_matches_skimage(shape):
         img, (1024, 1024), order=2, preserve_range=True, mode="constant", anti_aliasing=True
     )
     assert np.abs(ours - np.clip(ref, 0, 255).astype(np.uint8).astype(int)).max() <= 1
+
+
+def _hu_plane() -> np.ndarray:
+    """A 20 x 30 HU slice: a -1000 HU band, a 0 HU block (raw zero), a ramp, 1400 HU bone."""
+    plane = np.linspace(-300.0, 900.0, 600).reshape(20, 30)
+    plane[:, :6] = -1000.0
+    plane[5:15, 10:20] = 0.0
+    plane[18:, 25:] = 1400.0
+    return plane
+
+
+@pytest.mark.parametrize("zero_raw_zero", [False, True])
+def test_sam_slice_of_one_hu_slice_windows_with_the_volume_range(zero_raw_zero):
+    """One slice windowed with the volume's clipped range (-500, 1000 HU, not the slice's own
+    -500 .. 1000 by chance: here lo = -450, hi = 800), by hand: clip to [-500, 1000], then
+    (x - lo) * 255 / (hi - lo) in float32; raw 0 HU set to 0 only when asked."""
+    plane = _hu_plane()
+    lo, hi = -450.0, 800.0
+    window = (np.clip(plane, -500.0, 1000.0).astype(np.float32) - lo) * np.float32(255.0 / 1250.0)
+    if zero_raw_zero:
+        window[plane == 0.0] = 0.0
+    # the 0 HU block: (0 + 450) * 255 / 1250 = 91.8; bone clipped to 1000: 306 (the resize clips
+    # to the input range, the uint8 cast to 255)
+    assert window[10, 15] == pytest.approx(0.0 if zero_raw_zero else 91.8)
+    expected = pp.sam_slice(window)
+    if zero_raw_zero:
+        got = pp.sam_slice_from_hu(plane, lo, hi, zero_raw_zero)
+    else:  # the defaults: raw 0 HU kept, medlsam's window
+        got = pp.sam_slice_from_hu(plane, lo, hi)
+    assert got.dtype == np.uint8 and got.shape == (1024, 1024, 3)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_sam_slice_of_one_hu_slice_in_the_published_window():
+    """window="published": float64 arithmetic, raw 0 HU always 0, truncated to int32 before
+    resizing: 1 HU with lo = -500, hi = 1000 is 501 / 1500 * 255 = 85.17 -> 85."""
+    plane = _hu_plane()
+    plane[0, 29] = 1.0
+    lo, hi = -500.0, 1000.0
+    window = np.clip(plane, -500.0, 1000.0)
+    window = (window - lo) / (hi - lo) * 255.0
+    window[plane == 0.0] = 0.0
+    window = window.astype(np.int32)
+    assert window[0, 29] == 85 and window[10, 15] == 0
+    np.testing.assert_array_equal(
+        pp.sam_slice_from_hu(plane, lo, hi, window="published"), pp.sam_slice(window)
+    )
+    # a flat volume range gives an all-zero image in both windows
+    for window_name in ("medlsam", "published"):
+        flat = pp.sam_slice_from_hu(plane, 40.0, 40.0, window=window_name)
+        assert flat.shape == (1024, 1024, 3) and not flat.any()
+
+
+def test_sam_slices_of_a_stack_equal_each_slice_and_report_seconds():
+    planes = np.stack([_hu_plane(), _hu_plane()[::-1]])
+    images, seconds = pp.sam_slices_from_hu(planes, -450.0, 800.0, True, "medlsam")
+    assert images.shape == (2, 1024, 1024, 3) and images.dtype == np.uint8
+    for plane, image in zip(planes, images):
+        window = (np.clip(plane, -500.0, 1000.0).astype(np.float32) + 450.0) * np.float32(
+            255.0 / 1250.0
+        )
+        window[plane == 0.0] = 0.0
+        np.testing.assert_array_equal(image, pp.sam_slice(window))
+    assert not np.array_equal(images[0], images[1])
+    kept, _ = pp.sam_slices_from_hu(planes[:1], -450.0, 800.0)  # default: raw 0 HU kept
+    np.testing.assert_array_equal(kept[0], pp.sam_slice_from_hu(planes[0], -450.0, 800.0))
+    assert not np.array_equal(kept[0], images[0])
+    assert 0.0 <= seconds < 60.0
+    published, _ = pp.sam_slices_from_hu(planes, -500.0, 1000.0, window="published")
+    np.testing.assert_array_equal(
+        published[1], pp.sam_slice_from_hu(planes[1], -500.0, 1000.0, window="published")
+    )
+
+
+def _scipy_sam_resize(img: np.ndarray, dtype) -> np.ndarray:
+    """skimage's resize(order=2, mode="constant", anti_aliasing=True) as scipy calls, in dtype:
+    a Gaussian of sigma (factor - 1) / 2 along shrunk axes, an order-2 zoom on aligned pixel
+    centres, zero outside, clipped to the input's range, then to [0, 255]."""
+    x = img.astype(dtype)
+    sigma = np.maximum(0.0, (np.array(x.shape) / 1024 - 1) / 2)  # anti-aliasing when shrinking
+    if sigma.any():
+        x = ndimage.gaussian_filter(x, sigma, mode="grid-constant", cval=0.0)
+    zoomed = ndimage.zoom(
+        x, [1024 / n for n in x.shape], order=2, mode="grid-constant", cval=0.0, grid_mode=True
+    )
+    return np.clip(np.clip(zoomed, img.min(), img.max()), 0, 255).astype(np.uint8)
+
+
+def test_float32_slices_are_resized_in_float32_others_in_float64():
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 255, (64, 80)).astype(np.float32)
+    single, double = _scipy_sam_resize(img, np.float32), _scipy_sam_resize(img, np.float64)
+    assert (single != double).sum() > 0  # the two precisions round a few pixels differently
+    np.testing.assert_array_equal(pp.sam_slice(img)[..., 0], single)
+    np.testing.assert_array_equal(pp.sam_slice(img.astype(np.float64))[..., 0], double)
+    as_int = np.rint(img).astype(np.int32)  # integer windows (published) in float64
+    np.testing.assert_array_equal(pp.sam_slice(as_int)[..., 0], _scipy_sam_resize(as_int, float))
+    as_uint = np.rint(img).astype(np.uint8)
+    np.testing.assert_array_equal(pp.sam_slice(as_uint)[..., 0], _scipy_sam_resize(as_uint, float))
+
+
+def test_sam_slice_clips_to_the_uint8_range_and_smooths_when_shrinking():
+    rng = np.random.default_rng(2)
+    wide = rng.uniform(-50, 300, (64, 80)).astype(np.float32)  # outside [0, 255] both ways
+    out = pp.sam_slice(wide)[..., 0]
+    np.testing.assert_array_equal(out, _scipy_sam_resize(wide, np.float32))
+    assert out.min() == 0 and out.max() == 255
+    tall = rng.uniform(1, 255, (1300, 90)).astype(np.float32)  # shrunk along axis 0 only
+    np.testing.assert_array_equal(pp.sam_slice(tall)[..., 0], _scipy_sam_resize(tall, np.float32))
+    ones = pp.sam_slice(np.ones((30, 50), np.float32))  # a flat slice stays flat
+    assert ones.min() == ones.max() == 1

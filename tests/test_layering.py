@@ -214,3 +214,72 @@ def test_no_function_over_80_lines(module, path):
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f"{module}: split by responsibility: {', '.join(long)}"
+
+
+def test_only_the_commands_import_the_benchmark():
+    """``medlsam.bench`` sits above the pipeline: nothing in the library imports it (the
+    commands may)."""
+    checked = 0
+    for module, path in MODULES.items():
+        if module.split(".")[:2] in (["medlsam", "bench"], ["medlsam", "cli"]):
+            continue
+        found = [t for t in _medlsam_imports(path) if t.split(".")[:2] == ["medlsam", "bench"]]
+        assert not found, f"{module} imports {found}"
+        checked += 1
+    assert checked > 50  # the library's modules, not only the benchmark's
+
+
+def _patches(path: Path) -> list[str]:
+    """Monkeypatching and import-path edits in a file: ``sys.path`` used at all; a value
+    assigned to an attribute of an imported module (``module.name = ...``), to ``forward`` or
+    to ``__dict__``; ``setattr`` on an imported module."""
+    tree = ast.parse(path.read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = {a.name: a.asname or a.name for a in node.names}
+            modules |= {
+                alias for name, alias in names.items() if f"{node.module}.{name}" in MODULES
+            }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and ast.unparse(node) == "sys.path":
+            found.append(f"line {node.lineno}: sys.path")
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        for target in targets:
+            for leaf in ast.walk(target):
+                if not isinstance(leaf, ast.Attribute):
+                    continue
+                owner = leaf.value.id if isinstance(leaf.value, ast.Name) else None
+                if owner in modules or leaf.attr in ("forward", "__dict__"):
+                    found.append(f"line {leaf.lineno}: {ast.unparse(leaf)} = ...")
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "setattr" and node.args:
+            if isinstance(node.args[0], ast.Name) and node.args[0].id in modules:
+                found.append(f"line {node.lineno}: setattr({node.args[0].id}, ...)")
+    return found
+
+
+BENCHMARK_FILES = sorted((PACKAGE / "bench").glob("*.py")) + [
+    PACKAGE.parent / "scripts" / "benchmark.py"
+]
+
+
+@pytest.mark.parametrize("path", BENCHMARK_FILES, ids=lambda p: p.name)
+def test_the_benchmark_patches_nothing(path):
+    """The benchmark times through the stages' own counters and wrappers it passes in."""
+    assert not _patches(path), f"{path.name}: {_patches(path)}"
+
+
+def test_the_patch_check_finds_patches(tmp_path):
+    """The check above is not vacuous."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import sys\nimport medlsam.localization.localizer as loc\n"
+        "from medlsam.pipeline import case\n"
+        "sys.path.insert(0, 'x')\nloc.medlam_image = None\ncase.run_case = None\n"
+        "model.forward = None\nsetattr(loc, 'x', 1)\n"
+    )
+    found = _patches(bad)
+    assert len(found) == 5, found

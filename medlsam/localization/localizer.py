@@ -47,7 +47,8 @@ outside the image clamped and refined (never reported outside), points mapped ba
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,15 @@ class Localizer:
         published: reproduce the published code's results (module docstring).
         starts: the published start-centre stream (``published`` only; default: one stream
             seeded with ``seed``, continued over every query predicted).
+        coarse_points: replaces the relative-distance search when given: called as
+            ``coarse_points(padded)`` with the padded 3 mm query, it returns the points
+            ``(N, 3)`` int64 on that grid, in prototype order, that refinement starts from
+            (e.g. known organ points, so that a benchmark with random weights does the work a
+            trained network would). Settable per query through the attribute of that name.
+
+    :attr:`stats` counts the work, cumulatively (subtract two copies for one call's share):
+    ``forward_passes``, ``patches`` and ``forward_seconds`` of the network, and
+    ``resample_seconds`` of bringing images and support labels to the 3 mm grid.
     """
 
     def __init__(
@@ -124,6 +134,7 @@ class Localizer:
         precision: str = "fp16",
         published: bool = False,
         starts: PublishedStarts | None = None,
+        coarse_points: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
@@ -151,7 +162,13 @@ class Localizer:
         #: start centres of the last query (padded 3 mm grid), for inspection
         self.last_start_centres: np.ndarray | None = None
         self.prototypes: Prototypes | None = None
-        self.stats: dict[str, float] = {"forward_passes": 0, "patches": 0, "forward_seconds": 0.0}
+        self.coarse_points = coarse_points
+        self.stats: dict[str, float] = {
+            "forward_passes": 0,
+            "patches": 0,
+            "forward_seconds": 0.0,
+            "resample_seconds": 0.0,
+        }
         self._fingerprint: str | None = None
 
     @property
@@ -212,8 +229,10 @@ class Localizer:
         prepared = []
         for image, label in supports:
             label = label_on_image_grid(label, image)  # flipped/permuted: reoriented
+            began = time.perf_counter()
             grid = medlam_image(image, self.interpolation)
             lab = published_label(label) if self.published else medlam_label(label, classes, grid)
+            self.stats["resample_seconds"] += time.perf_counter() - began
             prepared.append((image.name, pad(grid.array), pad(lab)))
             del image, label, grid
         if not prepared:
@@ -352,7 +371,9 @@ class Localizer:
             inclusive, clipped to the image, SPL sub-boxes ordered along the slice axis;
             ``extreme_points`` ``(groups, 6, 3)`` in the same frame (unclipped).
         """
+        began = time.perf_counter()
         grid = medlam_image(volume, self.interpolation)
+        self.stats["resample_seconds"] += time.perf_counter() - began
         located = self.locate(grid, volume.path)
         to_file = (
             (lambda zyx: published_file_points(grid, zyx)) if self.published else grid.to_file_index
@@ -404,7 +425,10 @@ class Localizer:
         origin_mm = centres.mean(axis=0) * MEDLAM_SPACING
         support = np.concatenate([proto.fc.double().numpy() for proto in protos.classes.values()])
         points = np.rint((DIS_RATIO * np.tanh(support - query_code) + origin_mm) / MEDLAM_SPACING)
-        points = self._iterate_rdr(padded, points.astype(np.int64), support)
+        if self.coarse_points is not None:
+            points = np.asarray(self.coarse_points(padded), dtype=np.int64)
+        else:
+            points = self._iterate_rdr(padded, points.astype(np.int64), support)
         counts = [len(proto.fc) for proto in protos.classes.values()]
         coarse: dict[int, np.ndarray] = {}
         inside: dict[int, bool] = {}

@@ -84,9 +84,15 @@ def supports_loader(
     return load
 
 
-def build_localizer(cfg: Config, device: str) -> Any:
+def build_localizer(cfg: Config, device: str, network: Any = None) -> Any:
     """The ``[localize] method`` localizer, not fitted: MedLAM from ``[weight] medlam_load_path``
-    in a :class:`Localizer`, or the weight-free :class:`RegistrationLocalizer`."""
+    in a :class:`Localizer`, or the weight-free :class:`RegistrationLocalizer`.
+
+    ``network`` (MedLAM only): the network to run in place of the checkpoint's (which runs in
+    ``[run] engine``), used as given (already on ``device``; random weights, an engine's
+    wrapper, or a wrapper called like the network, as the benchmark's); every other setting
+    still comes from ``cfg``.
+    """
     method = cfg.localize
     if method.method == "registration":
         logger.info("localizer: registration (%s)", method.chosen_by)
@@ -104,9 +110,14 @@ def build_localizer(cfg: Config, device: str) -> Any:
     from medlsam.localization.localizer import Localizer
     from medlsam.localization.network import build_medlam
 
-    if cfg.weight.medlam_load_path is None:
+    if network is not None:
+        model = network
+    elif cfg.weight.medlam_load_path is None:
         raise ConfigError(f"{cfg.path}: [weight] medlam_load_path is needed (a MedLAM .pth)")
-    model = build_medlam(cfg.weight.medlam_load_path, device)
+    else:
+        model = with_engine(
+            build_medlam(cfg.weight.medlam_load_path, device), cfg.run.engine, device
+        )
     logger.info("localizer: medlam (%s)", method.chosen_by)  # after the checkpoint is read
     starts = None
     if cfg.run.published:  # one start stream over the whole query list, whatever the shard
@@ -114,7 +125,7 @@ def build_localizer(cfg: Config, device: str) -> Any:
 
         starts = PublishedStarts(cfg.run.seed, cfg.data.query_images, prepare=padded_query)
     return Localizer(
-        with_engine(model, cfg.run.engine, device),
+        model,
         device,
         mode=cfg.data.bbox_mode,
         slice_interval=cfg.data.slice_interval,

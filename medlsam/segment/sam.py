@@ -230,11 +230,17 @@ class SamSegmenter:
         # ``auto`` keeps the fused PyTorch encoder: exporting ViT-B at 1024^2 to ONNX took more
         # than 8.5 GB RSS here (killed), over the 6 GB a default run may use
         self.engine = "torch" if engine == "auto" else resolve_engine(engine, self.device)
+        #: what :meth:`encode` runs on normalised images ``(B, 3, 1024, 1024)`` -> embeddings
+        #: ``(B, C, 64, 64)``: the model's image encoder, its inference-engine graph, or anything
+        #: called like it (a wrapper that counts or replays it, as the benchmark's)
         self.encoder = (
             self.model.image_encoder
             if self.engine == "torch"
             else EngineEncoder(self.model.image_encoder, self.engine, export_cache)
         )
+        #: what :meth:`decode` runs after the prompt encoder: the model's mask decoder, or
+        #: anything called like it (keyword arguments, returns ``(low_res_masks, iou)``)
+        self.decoder = self.model.mask_decoder
         self._processes: ProcessPoolExecutor | None = None
 
     #: SAM needs no support scans (it is prompted with boxes only)
@@ -261,7 +267,7 @@ class SamSegmenter:
             x = self.normalize(torch.as_tensor(images))
             if self.autocast_dtype is not None:
                 with torch.autocast("cuda", dtype=self.autocast_dtype):
-                    emb = self.model.image_encoder(x)
+                    emb = self.encoder(x)
             else:
                 emb = self.encoder(x)
             emb = emb.float()
@@ -289,7 +295,7 @@ class SamSegmenter:
         began = time.perf_counter()
         box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device)
         sparse, dense = self.model.prompt_encoder(points=None, boxes=box_t, masks=None)
-        low_res, iou = self.model.mask_decoder(
+        low_res, iou = self.decoder(
             image_embeddings=embedding,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,

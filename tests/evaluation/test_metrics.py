@@ -201,3 +201,125 @@ def test_bounding_boxes_and_box_iou():
     a, b = Box3D((1, 2, 3), (2, 4, 7)), Box3D((1, 2, 4), (2, 4, 7))
     assert metrics.box_iou(a, b) == pytest.approx(24 / 30)
     assert metrics.box_iou(a, Box3D((3, 0, 0), (4, 1, 1))) == 0.0
+
+
+def test_organ_metrics_name_their_hd95():
+    m = metrics.OrganMetrics(10, 12, 0.5, 0.75, 3.0, 2.5)
+    assert m.hd95() == 3.0 and m.hd95("monai") == 3.0 and m.hd95("pooled") == 2.5
+    with pytest.raises(ValueError, match=r"HD95 definition 'max': expected one of"):
+        m.hd95("max")
+
+
+def test_bounding_boxes_of_empty_negative_and_very_large_ids():
+    assert metrics.label_bounding_boxes(np.zeros((0, 3, 4), np.int32)) == {}
+    assert metrics.label_bounding_boxes(np.zeros((3, 3, 4), np.int32)) == {}
+    assert metrics.label_bounding_boxes(np.full((3, 3, 4), -2, np.int32)) == {}
+    label = np.zeros((6, 7, 8), np.int64)
+    label[1:3, 2:5, 3:8] = 200_000  # ids above 100000 are boxed one by one
+    label[5, 6, 0] = 1
+    label[0, 0, 0] = -1  # negative ids are not organs
+    for arr in (label, np.asfortranarray(label)):
+        boxes = metrics.label_bounding_boxes(arr)
+        assert sorted(boxes) == [1, 200_000]
+        assert all(type(k) is int for k in boxes)
+        assert boxes[200_000] == (slice(1, 3), slice(2, 5), slice(3, 8))
+        assert boxes[1] == (slice(5, 6), slice(6, 7), slice(0, 1))
+    # one voxel, and a map whose only organ is 1
+    assert metrics.label_bounding_boxes(np.full((1, 1, 1), 3)) == {3: (slice(0, 1),) * 3}
+    only_one = np.zeros((2, 3, 4), np.int16)
+    only_one[1, 2, 3] = 1
+    assert metrics.label_bounding_boxes(only_one) == {1: (slice(1, 2), slice(2, 3), slice(3, 4))}
+    # exactly 100000 still takes the one-pass path
+    small = np.zeros((2, 2, 2), np.int32)
+    small[1, 1, 1] = 100_000
+    assert metrics.label_bounding_boxes(small) == {100_000: (slice(1, 2),) * 3}
+
+
+def test_default_nsd_tolerance_is_2_mm_and_crops_cover_both_masks():
+    gt, pred = _line(4), _line(6)
+    spacing = (1.0, 1.0, 1.25)
+    # pred->gt: k 0..3 at 0, k=4 at 1.25 mm, k=5 at 2.5 mm; gt->pred: 4 x 0. Within 2 mm: 9/10
+    assert metrics.nsd(pred, gt, spacing) == pytest.approx(0.9)
+    m = metrics.organ_metrics(pred, gt, spacing)
+    assert m.nsd == pytest.approx(0.9) and (m.gt_voxels, m.pred_voxels) == (4, 6)
+    scores = metrics.score_label_maps(pred.astype(np.int32), gt.astype(np.int32), spacing)
+    assert scores[1].nsd == pytest.approx(0.9)
+    # a prediction far outside the reference's box: pred->gt 4 voxels of 1 mm along axis 0
+    far_gt = np.zeros((9, 3, 3), bool)
+    far_gt[0:2, 1, 1] = True
+    far_pred = np.zeros((9, 3, 3), bool)
+    far_pred[0:6, 1, 1] = True
+    d = metrics.surface_distances(far_pred, far_gt)
+    assert sorted(d.pred_to_gt.tolist()) == [0.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+    for m in (metrics.organ_metrics(far_pred, far_gt), metrics.organ_metrics(far_gt, far_pred)):
+        # monai: q95 of [0, 0, 1, 2, 3, 4] at position 4.75 = 3.75 (the other direction is 0)
+        assert m.hd95_monai == pytest.approx(3.75) and m.dsc == pytest.approx(4 / 8)
+
+
+def test_both_masks_empty_gives_zero_counts_and_nan_metrics():
+    empty = np.zeros((3, 4, 5), bool)
+    m = metrics.organ_metrics(empty, empty, SPACING)
+    assert (m.gt_voxels, m.pred_voxels) == (0, 0)
+    assert all(math.isnan(v) for v in (m.dsc, m.nsd, m.hd95_monai, m.hd95_pooled))
+    d = metrics.surface_distances(empty, empty, SPACING)
+    assert d.pred_to_gt.size == 0 and d.gt_to_pred.size == 0
+    assert math.isnan(metrics.hd95_from_distances(d)) and math.isnan(
+        metrics.nsd_from_distances(d, 1)
+    )
+    absent = metrics.score_label_maps(empty.astype(np.int32), empty.astype(np.int32), SPACING, [5])
+    m = absent[5]
+    assert (m.gt_voxels, m.pred_voxels) == (0, 0)
+    assert all(math.isnan(v) for v in (m.dsc, m.nsd, m.hd95_monai, m.hd95_pooled))
+
+
+def test_single_voxel_masks_by_hand():
+    gt = np.zeros((3, 3, 6), bool)
+    gt[1, 1, 1:4] = True  # a line of 3 voxels, all on its surface
+    pred = np.zeros_like(gt)
+    pred[1, 1, 1] = True  # one voxel, shared with gt's surface
+    # pred->gt: [0]; gt->pred: 0, 1, 2 (1 mm voxels)
+    # monai: max(0, q95 of [0, 1, 2] at position 1.9 = 1.9) = 1.9;
+    # pooled: [0, 0, 1, 2] at position 2.85 = 1 + 0.85 = 1.85; NSD at 1.5 mm: (1 + 2) / 4
+    for p, g in ((pred, gt), (gt, pred)):
+        m = metrics.organ_metrics(p, g, tolerance_mm=1.5)
+        assert m.dsc == pytest.approx(0.5) and m.nsd == pytest.approx(0.75)
+        assert m.hd95_monai == pytest.approx(1.9) and m.hd95_pooled == pytest.approx(1.85)
+        assert metrics.hd95(p, g) == pytest.approx(1.9)
+        assert metrics.hd95(p, g, definition="pooled") == pytest.approx(1.85)
+    # one voxel against nothing: DSC and NSD 0, HD95 undefined
+    m = metrics.organ_metrics(pred, np.zeros_like(gt))
+    assert (m.dsc, m.nsd, m.gt_voxels, m.pred_voxels) == (0.0, 0.0, 0, 1)
+    assert math.isnan(m.hd95_monai) and math.isnan(m.hd95_pooled)
+
+
+def test_surface_distances_to_an_empty_mask_are_infinite():
+    full = np.zeros((4, 4, 4), bool)
+    full[1:3, 1:3, 1:3] = True  # 8 voxels, all on the surface
+    empty = np.zeros_like(full)
+    d = metrics.surface_distances(full, empty)
+    assert d.pred_to_gt.dtype == np.float64 and d.pred_to_gt.tolist() == [math.inf] * 8
+    assert d.gt_to_pred.size == 0
+    d = metrics.surface_distances(empty, full)
+    assert d.pred_to_gt.size == 0 and d.gt_to_pred.tolist() == [math.inf] * 8
+
+
+def test_hd95_and_nsd_of_hand_made_distances():
+    def dist(a, b):
+        return metrics.SurfaceDistances(np.array(a, float), np.array(b, float))
+
+    assert math.isnan(metrics.hd95_from_distances(dist([1.0, math.inf], [0.0])))
+    assert math.isnan(metrics.hd95_from_distances(dist([1.0], [math.inf])))
+    assert math.isnan(metrics.hd95_from_distances(dist([], [1.0])))
+    assert math.isnan(metrics.hd95_from_distances(dist([1.0], []), "pooled"))
+    assert metrics.hd95_from_distances(dist([1.0], [3.0])) == 3.0
+    assert metrics.hd95_from_distances(dist([1.0], [3.0]), "pooled") == pytest.approx(2.9)
+    assert metrics.nsd_from_distances(dist([0.5], []), 1.0) == 1.0
+    assert metrics.nsd_from_distances(dist([], [2.0]), 1.0) == 0.0
+    assert math.isnan(metrics.nsd_from_distances(dist([], []), 1.0))
+
+
+def test_score_label_maps_goes_on_after_an_absent_organ():
+    gt = np.zeros((4, 4, 4), np.int32)
+    gt[1:3, 1:3, 1:3] = 1
+    scores = metrics.score_label_maps(gt, gt, (1.0, 1.0, 1.0), classes=[9, 1])
+    assert list(scores) == [9, 1] and scores[1].dsc == 1.0 and math.isnan(scores[9].dsc)

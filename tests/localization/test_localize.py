@@ -35,7 +35,7 @@ from medlsam.localization.prototypes import (
     split_points,
     template_slice,
 )
-from medlsam.preprocess import medlam_image, medlam_label
+from medlsam.preprocess import PAD, medlam_image, medlam_label
 
 FAST = ("feature0",)  # the cheapest scale: keeps the decoder at 16^3
 
@@ -560,3 +560,33 @@ def test_rdr_steps_stop_once_no_point_moves():
 def test_rdr_steps_must_be_positive():
     with pytest.raises(ValueError, match="rdr_steps"):
         Localizer(_HalfwayModel(), "cpu", rdr_steps=0)
+
+
+def test_coarse_points_replace_the_relative_distance_search(one_thread):
+    """A ``coarse_points`` hook gives the points refinement starts from: no relative-distance
+    step runs (rdr_steps 3 would add fc-only patches), and without refinement the organ points
+    are the hook's; resampling to 3 mm is timed in stats."""
+    image, label = make_ct()
+    torch.manual_seed(0)
+    loc = Localizer(MedLAM(2).eval(), "cpu", feature_scales=(), seed=1, rdr_steps=3)
+    loc.fit([(image, label)], [1, 2])
+    assert loc.stats["resample_seconds"] > 0
+    n = sum(len(p.fc) for p in loc.prototypes.classes.values())
+    shapes = []
+
+    def centre_points(padded):
+        shapes.append(padded.shape)
+        return np.tile(np.array(padded.shape) // 2, (n, 1))
+
+    loc.coarse_points = centre_points
+    before = dict(loc.stats)
+    located = loc.locate(medlam_image(image, loc.interpolation))
+    assert len(shapes) == 1
+    assert loc.stats["patches"] - before["patches"] <= 10  # the start patches only
+    for points, inside in located.values():
+        assert inside and np.all(points == np.array(shapes[0]) // 2 - PAD)
+    loc.coarse_points = None
+    before = dict(loc.stats)
+    loc.predict(image)
+    assert loc.stats["patches"] - before["patches"] > 10  # the search's own steps again
+    assert loc.stats["resample_seconds"] > before["resample_seconds"]

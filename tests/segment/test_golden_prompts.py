@@ -23,6 +23,7 @@ from medlsam.segment.assemble import (
     label_prompts,
     organ_prompts,
     prompt_table,
+    published_prompts,
 )
 from medlsam.segment.base import SliceRequest, SliceResult, nearest_index, to_slice_boxes
 
@@ -177,6 +178,42 @@ def test_organ_prompts_skip_missing_organs_and_boxes_outside():
     assert prompts[0].box == (102.0, 250.0, 512.0, 749.0)  # no margin
     default = organ_prompts(organs, (300, 410, 20), 2)  # the order of ``organs``
     assert [p.class_id for p in default] == [1, 1, 3, 3]
+
+
+# Published prompts on slices along axis 0 and 1 (rows follow the 410-voxel axis, columns the
+# 300-voxel one). Organ 5: i/j/k 4..9 along the slice axis, in-plane as the WIDE_300 case;
+# organ 2 starts 2 slices before the image and covers the whole plane: columns 0 -> 0,
+# 299 -> 299*1024/300 = 1020.59 -> 1021; rows 0 -> 0, 409 -> 409*1024/410 = 1021.50 -> 1022;
+# margin 10, not clipped: (-10, -10, 1031, 1032). Slice range: z_min = max(0, min(4, -2)) = 0,
+# z_max = min(20, max(9, 3)) = 9 (exclusive): organ 5 on 4..8, organ 2 on 0..3.
+PUBLISHED_CASES = [
+    ((20, 300, 410), 0, lambda s, a, b: (s, a, b)),
+    ((300, 20, 410), 1, lambda s, a, b: (a, s, b)),
+]
+
+
+@pytest.mark.parametrize("shape,axis,place", PUBLISHED_CASES)
+def test_published_prompts_on_non_square_slices_in_organ_or_class_order(shape, axis, place):
+    five = Box3D(place(4, 30, 100), place(9, 150, 300))
+    two = Box3D(place(-2, 0, 0), place(3, 299, 409))
+    none = np.zeros((1, 6, 3))
+    organs = {
+        5: OrganBoxes(5, (five,), none),
+        7: OrganBoxes(7, (), np.zeros((0, 6, 3)), inside=False),  # outside the image
+        2: OrganBoxes(2, (two.clip(shape),), none, raw_boxes=(two,)),
+    }
+    expect_five = [(5, 0, s, WIDE_300) for s in range(4, 9)]
+    expect_two = [(2, 0, s, (-10.0, -10.0, 1031.0, 1032.0)) for s in range(0, 4)]
+
+    def rows(prompts):
+        return [(p.class_id, p.part, p.index, p.box) for p in prompts]
+
+    assert rows(published_prompts(organs, shape, axis)) == expect_five + expect_two
+    assert rows(published_prompts(organs, shape, axis, [9, 2, 7, 5])) == expect_two + expect_five
+    # organ 5 alone: z_min = 4, z_max = 9, margin 0 -> the bare scaled extent
+    alone = published_prompts(organs, shape, axis, [5], margin=0)
+    assert rows(alone) == [(5, 0, s, (102.0, 250.0, 512.0, 749.0)) for s in range(4, 9)]
+    assert published_prompts(organs, shape, axis, [7, 9]) == []
 
 
 def test_baseline_jitter_pushes_each_side_out_independently():

@@ -1,4 +1,4 @@
-"""A WORD-like synthetic abdomen for ``scripts/benchmark.py``: supports, one query, a config.
+"""A WORD-like synthetic abdomen for the benchmark: supports, one query, a config.
 
 Each subject is a body-shaped soft-tissue cylinder with a spine and up to 16 ellipsoid organs
 named and placed as in the WORD data set (liver, spleen, kidneys, stomach, ..., femoral
@@ -15,6 +15,8 @@ WPL, backend ``sam_vit_b`` with no weights named; the benchmark supplies the net
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -167,7 +169,36 @@ def organ_names(spec: CaseSpec) -> Sequence[str]:
     return [o[1] for o in chosen_organs(spec)]
 
 
-if __name__ == "__main__":  # python benchmark_case.py FOLDER SPEC_JSON (used by benchmark.py)
-    spec = json.loads(sys.argv[2])
-    spec["shape"], spec["spacing"] = tuple(spec["shape"]), tuple(spec["spacing"])
-    print(write_case(sys.argv[1], CaseSpec(**spec)))
+#: ``--quick``: a small case that runs in minutes on 2 CPU cores
+QUICK = CaseSpec(
+    shape=(256, 256, 10),
+    spacing=(1.6, 1.6, 4.0),
+    organs=8,
+    supports=1,
+    z_centre=100.0,
+    mode="SPL",
+    slice_interval=4,
+)
+
+
+def spec_from_key(key: str) -> CaseSpec:
+    """The :class:`CaseSpec` of :meth:`CaseSpec.key`."""
+    fields = json.loads(key)
+    fields["shape"], fields["spacing"] = tuple(fields["shape"]), tuple(fields["spacing"])
+    return CaseSpec(**fields)
+
+
+def write_case_apart(folder: str | Path, spec: CaseSpec) -> Path:
+    """:func:`write_case` in a child process (``python -m medlsam.bench.case``), so that the
+    drawing's memory does not count in the benchmark's own peak RSS; returns ``config.txt``."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    subprocess.run(
+        [sys.executable, "-m", "medlsam.bench.case", str(folder), spec.key()], check=True, env=env
+    )
+    return Path(folder) / "config.txt"
+
+
+if __name__ == "__main__":  # python -m medlsam.bench.case FOLDER SPEC_JSON
+    sys.stdout.write(f"{write_case(sys.argv[1], spec_from_key(sys.argv[2]))}\n")

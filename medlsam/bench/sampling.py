@@ -1,5 +1,5 @@
-"""Sampled timing for ``scripts/benchmark.py --sample N``: run the first ``N`` network calls of
-each kind for real and replay their outputs for the rest, pricing each replayed item at the
+"""Sampled timing for ``python -m medlsam.bench --sample N``: run the first ``N`` network calls
+of each kind for real and replay their outputs for the rest, pricing each replayed item at the
 mean measured seconds per item of its kind.
 
 Why: on 2 CPU cores the default WORD-like case needs thousands of full-width MedLAM patches
@@ -16,13 +16,21 @@ ones, so shapes and dtypes downstream are unchanged.
 
 The projection is checked against a full run on the ``--quick`` case (README, Speed).
 
+How: the networks are wrapped, not patched. :class:`SampledNetwork` is called like the network
+it holds and is what the stages are given: the MedLAM passed to the localizer's builder
+(:func:`medlsam.pipeline.setup.build_localizer`), and the segmenter's ``encoder`` and
+``decoder`` (:class:`~medlsam.segment.sam.SamSegmenter`), the image encoder and mask decoder
+that its ``encode`` and ``decode`` run.
+
 Kinds: fc-only MedLAM calls (the 10 initial patches of a query and any further
 relative-distance steps; one encoder pass each, the cheapest kind) always run for real, so the
 query's coarse points, and with them which refinement patches are distinct, are those of a full
 run. The other MedLAM calls are keyed by what they compute (fc head and which feature scales), so a
 prototype patch (fc + all scales), an initial query patch (fc only) and a refinement patch
 (scales only) are each priced at their own measured cost. SAM encoder calls are priced per
-image, decoder calls per call (one call decodes all boxes of one slice).
+image, decoder calls per call (one call decodes all boxes of one slice; a replayed decoder
+call still runs the prompt encoder and the up-sampling to the slice, which are counted as
+measured).
 """
 
 from __future__ import annotations
@@ -79,9 +87,17 @@ class Sampler:
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def call(self, key: str, items: int, compute: Callable[[], object], replay) -> object:
+    def call(
+        self,
+        key: str,
+        items: int,
+        compute: Callable[[], object],
+        replay: Callable[[object, int], object],
+        stage: str | None = None,
+    ) -> object:
         """``compute()`` for real while ``key`` has fewer than ``sample`` real calls (or
-        nothing to replay yet), else ``replay(cached, items)``."""
+        nothing to replay yet), else ``replay(cached, items)``, priced into ``stage`` (default:
+        :attr:`stage`)."""
         if not self.enabled:
             return compute()
         kind = self.kinds.setdefault(key, Kind())
@@ -101,9 +117,8 @@ class Sampler:
             kind.cached = out
             return out
         kind.replayed_items += items
-        self.projected[self.stage] = (
-            self.projected.get(self.stage, 0.0) + items * kind.seconds_per_item
-        )
+        stage = stage or self.stage
+        self.projected[stage] = self.projected.get(stage, 0.0) + items * kind.seconds_per_item
         return replay(kind.cached, items)
 
     def seconds_per_item(self, key: str) -> float | None:
@@ -129,11 +144,11 @@ class Sampler:
         }
 
 
-def _rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
+def rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` rows of ``tensor`` (cycled when it has fewer)."""
     if tensor.shape[0] >= n:
         return tensor[:n]
-    return tensor[torch.arange(n) % tensor.shape[0]]
+    return tensor[torch.arange(n, device=tensor.device) % tensor.shape[0]]
 
 
 def medlam_key(fc: bool, features) -> str:
@@ -141,47 +156,52 @@ def medlam_key(fc: bool, features) -> str:
     return ("medlam_fc" if fc else "medlam") + "".join(f"+{f}" for f in features)
 
 
-def sample_medlam(model: torch.nn.Module, sampler: Sampler) -> None:
-    """Route ``model``'s forward through ``sampler`` (keyed by fc and feature scales)."""
-    forward = model.forward
+def _replay_outputs(cached: object, n: int) -> object:
+    """``n`` rows of a cached output: a tensor, a dict or a tuple of them (the first axis of
+    every tensor is the batch)."""
+    if isinstance(cached, torch.Tensor):
+        return rows(cached, n)
+    if isinstance(cached, dict):
+        return {k: _replay_outputs(v, n) for k, v in cached.items()}
+    if isinstance(cached, tuple):
+        return tuple(_replay_outputs(v, n) for v in cached)
+    raise TypeError(f"cannot replay a {type(cached).__name__}")
 
-    def sampled(x, fc=True, features=()):
-        key = medlam_key(fc, features)
-        return sampler.call(
+
+class SampledNetwork:
+    """``network`` called through a :class:`Sampler`: the first calls of each kind run, the
+    others replay (module docstring). Called like ``network``; every other attribute is the
+    network's (``base_chns``, ``checkpoint_sha256``, ``state_dict``, ...), so prototypes and
+    records name the same weights.
+
+    Args:
+        network: the callable (MedLAM, an image encoder, a mask decoder, or an engine's wrapper
+            of one).
+        sampler: shared by every network of a run.
+        kind: ``"medlam"`` (keyed by fc head and feature scales, items = patches), or a fixed
+            key (``"sam_encoder"``: items = images; ``"sam_decoder"``: one item per call).
+        stage: the benchmark stage replayed seconds go to (None: the sampler's current one).
+    """
+
+    def __init__(self, network, sampler: Sampler, kind: str, stage: str | None = None) -> None:
+        self.network, self.sampler, self.kind, self.stage = network, sampler, kind, stage
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["network"], name)
+
+    def __call__(self, *args, **kwargs):
+        if self.kind == "sam_decoder":  # keyword arguments; one call, one output row per box
+            key, items = self.kind, 1
+            out_rows = int(kwargs["sparse_prompt_embeddings"].shape[0])
+        else:  # a batch of patches or images: one item and one output row each
+            items = out_rows = int(args[0].shape[0])
+            key = self.kind
+            if self.kind == "medlam":
+                key = medlam_key(kwargs.get("fc", True), kwargs.get("features", ()))
+        return self.sampler.call(
             key,
-            int(x.shape[0]),
-            lambda: forward(x, fc=fc, features=features),
-            lambda cached, n: {k: _rows(v, n) for k, v in cached.items()},
+            items,
+            lambda: self.network(*args, **kwargs),
+            lambda cached, n: _replay_outputs(cached, out_rows),
+            stage=self.stage,
         )
-
-    model.forward = sampled  # type: ignore[method-assign]
-
-
-def sample_sam(segmenter, sampler: Sampler) -> None:
-    """Route a :class:`~medlsam.segment.SamSegmenter`'s image encoder and per-slice decoder
-    through ``sampler`` (stages ``encoder`` and ``decoder``)."""
-    import numpy as np
-
-    encode = segmenter.encoder  # the image encoder, or its inference-engine graph
-    decode = segmenter.decode
-
-    def sampled_encode(x):
-        sampler.stage = "encoder"
-        return sampler.call(
-            "sam_encoder", int(x.shape[0]), lambda: encode(x), lambda c, n: _rows(c, n)
-        )
-
-    def sampled_decode(embedding, boxes, out_hw):
-        sampler.stage = "decoder"
-
-        def replay(cached, n):
-            probs, _ = cached
-            segmenter.stats.decoder_calls += 1
-            return np.zeros((len(boxes), *probs.shape[1:]), np.float32), np.zeros(
-                len(boxes), np.float32
-            )
-
-        return sampler.call("sam_decoder", 1, lambda: decode(embedding, boxes, out_hw), replay)
-
-    segmenter.encoder = sampled_encode
-    segmenter.decode = sampled_decode

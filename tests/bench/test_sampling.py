@@ -1,18 +1,16 @@
-"""Sampled timing of scripts/benchmark.py (--sample N): exact counts, replayed outputs."""
+"""Sampled timing (python -m medlsam.bench --sample N): exact counts, replayed outputs."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import numpy as np
 import torch
 from conftest import make_ct
+from infer_helpers import tiny_sam
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from benchmark_sampling import Sampler, medlam_key, sample_medlam  # noqa: E402
-
-from medlsam.localization.localizer import Localizer  # noqa: E402
-from medlsam.localization.network import MedLAM  # noqa: E402
+from medlsam.bench.sampling import SampledNetwork, Sampler, medlam_key
+from medlsam.localization.localizer import Localizer
+from medlsam.localization.network import MedLAM
+from medlsam.segment import SamSegmenter, SliceRequest
 
 
 def test_sampler_runs_n_calls_and_prices_the_rest():
@@ -60,9 +58,8 @@ def test_sampled_localizer_counts_the_same_work(one_thread):
         torch.manual_seed(0)
         model = MedLAM(2).eval()
         sampler = Sampler(sample or 0, always=frozenset({medlam_key(True, ())}))
-        if sample:
-            sample_medlam(model, sampler)
-        loc = Localizer(model, "cpu", feature_scales=("feature0",), seed=1, batch_size=2)
+        network = SampledNetwork(model, sampler, "medlam") if sample else model
+        loc = Localizer(network, "cpu", feature_scales=("feature0",), seed=1, batch_size=2)
         loc.fit([(image, label)], [1, 2])
         fit_patches = loc.stats["patches"]
         loc.predict(image)
@@ -77,3 +74,31 @@ def test_sampled_localizer_counts_the_same_work(one_thread):
         sum(k.real_items + k.replayed_items for k in sampler.kinds.values())
         == (loc.stats["patches"])
     )
+
+
+def test_sampled_network_keeps_the_network_attributes():
+    model = MedLAM(2).eval()
+    wrapped = SampledNetwork(model, Sampler(1), "medlam")
+    assert wrapped.base_chns == 2 and wrapped.feature_chns == model.feature_chns
+    assert wrapped.state_dict().keys() == model.state_dict().keys()
+
+
+def test_sampled_segmenter_counts_every_call_and_replays_the_rest(one_thread):
+    image, _ = make_ct()
+    box = np.array([[100.0, 100.0, 900.0, 900.0], [200.0, 150.0, 700.0, 800.0]])
+    requests = [
+        SliceRequest(k, box[: 1 + k % 2], np.array([1, 2][: 1 + k % 2]), np.zeros(1 + k % 2))
+        for k in range(4, 9)
+    ]
+    seg = SamSegmenter(tiny_sam())
+    sampler = Sampler(2)
+    seg.encoder = SampledNetwork(seg.encoder, sampler, "sam_encoder", "encoder")
+    seg.decoder = SampledNetwork(seg.decoder, sampler, "sam_decoder", "decoder")
+    results = list(seg.segment(image, requests))
+    assert [r.masks.shape[0] for r in results] == [len(r) for r in requests]
+    assert seg.stats.encoder_calls == 5 and seg.stats.decoder_calls == 5
+    enc, dec = sampler.kinds["sam_encoder"], sampler.kinds["sam_decoder"]
+    assert (enc.real_calls, enc.replayed_items) == (2, 3)
+    assert (dec.real_calls, dec.replayed_items) == (2, 3)
+    assert set(sampler.projected) == {"encoder", "decoder"}
+    assert sampler.projected["encoder"] == 3 * enc.seconds_per_item
