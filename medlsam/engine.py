@@ -182,6 +182,10 @@ class Graph:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
+            # no memory arena: it keeps the largest activations of every call size it has
+            # seen (full-width MedLAM, 4 patches: peak RSS 4,050 MB after two calls with it,
+            # 2,608 MB without, same CPU seconds)
+            opts.enable_cpu_mem_arena = False
             self._session = ort.InferenceSession(
                 str(self.path), opts, providers=["CPUExecutionProvider"]
             )

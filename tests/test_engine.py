@@ -150,6 +150,17 @@ def test_graph_matches_torch_and_is_cached(tmp_path, engine, one_thread):
     assert again.path == graph.path and again.path.stat().st_mtime_ns == stamp
 
 
+def test_onnxruntime_session_keeps_no_memory_arena(tmp_path, one_thread):
+    """The arena would keep the largest activations of every batch size seen (GBs for MedLAM)."""
+    pytest.importorskip("onnxruntime")
+    model, x = _tiny(), torch.randn(1, 1, 8, 8, 8)
+    sha = engines.state_sha256(model)
+    cache = ExportCache(tmp_path)
+    graph = engines.compiled_graph("onnxruntime", model, x, "tiny", ["fc", "y"], sha, cache=cache)
+    assert graph._session.get_session_options().enable_cpu_mem_arena is False
+    assert len(graph(x.numpy())) == 2
+
+
 def test_cache_keeps_entries_of_other_names(tmp_path):
     cache, calls = ExportCache(tmp_path), []
     a = cache.get("net-onnxruntime", {"k": 1}, _counting_build(calls))

@@ -278,5 +278,8 @@ def test_sam_slice_clips_to_the_uint8_range_and_smooths_when_shrinking():
     assert out.min() == 0 and out.max() == 255
     tall = rng.uniform(1, 255, (1300, 90)).astype(np.float32)  # shrunk along axis 0 only
     np.testing.assert_array_equal(pp.sam_slice(tall)[..., 0], _scipy_sam_resize(tall, np.float32))
+    # a 3x shrink (sigma 1): the Gaussian reaches past the border, where the fill is 0
+    long = rng.uniform(1, 255, (3072, 40)).astype(np.float32)
+    np.testing.assert_array_equal(pp.sam_slice(long)[..., 0], _scipy_sam_resize(long, np.float32))
     ones = pp.sam_slice(np.ones((30, 50), np.float32))  # a flat slice stays flat
     assert ones.min() == ones.max() == 1

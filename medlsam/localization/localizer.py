@@ -314,9 +314,9 @@ class Localizer:
         for members, local, out in self._forward_unique(padded, points, True, self.feature_scales):
             fcs[members] = out["fc_position"][local].cpu()
             for scale in self.feature_scales:
-                fmap = out[scale][local]
-                cut = template_slice(fmap.shape[-1])
-                cube = F.normalize(fmap[:, :, cut, cut, cut], dim=1).cpu()
+                fmap = out[scale]
+                cut = template_slice(fmap.shape[-1])  # cut before picking rows: no full copy
+                cube = F.normalize(fmap[:, :, cut, cut, cut][local], dim=1).cpu()
                 if scale not in feats:
                     feats[scale] = torch.zeros((n, *cube.shape[1:]))
                 feats[scale][members] = cube
