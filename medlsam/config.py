@@ -79,6 +79,8 @@ ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 #: Localizers a user can name in ``[localize] method``.
 LOCALIZE_METHODS: tuple[str, ...] = ("medlam", "registration")
 REGISTRATION_FUSIONS: tuple[str, ...] = ("median", "vote")
+#: Registration refinements after the global affine (``organ``: a local affine per organ).
+REGISTRATION_REFINES: tuple[str, ...] = ("none", "organ")
 #: ``[vit] classic_contrast``: keep the supports' organ intensities, or adapt them to a query
 #: whose boxes show another contrast phase (needs boxes that hit the organs).
 CLASSIC_CONTRAST: tuple[str, ...] = ("keep", "adapt")
@@ -171,12 +173,15 @@ class LocalizeConfig:
     ``method`` is ``medlam`` (the network, ``[weight] medlam_load_path``) or ``registration``
     (weight-free atlas registration of each support scan); unset, it is ``medlam`` when a
     MedLAM checkpoint is named and ``registration`` otherwise (``chosen_by`` says which).
-    ``fusion`` combines the supports' registered boxes (``median`` or ``vote``).
+    ``fusion`` combines the supports' registered boxes (``median`` or ``vote``); ``refine``
+    is ``organ`` (a local translation search around each organ after the global affine) or
+    ``none`` (default).
     """
 
     method: str = "medlam"
     chosen_by: str = "config"
     fusion: str = "median"
+    refine: str = "none"
 
 
 @dataclass(frozen=True)
@@ -238,7 +243,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "engine": False,
         "reproduce": False,
     },
-    "localize": {"method": False, "fusion": False},
+    "localize": {"method": False, "fusion": False, "refine": False},
 }
 
 
@@ -248,14 +253,16 @@ def _localize_config(
     """``[localize]``: an explicit method, else MedLAM when its checkpoint (or a MedLAM
     prototypes file) is named, else registration."""
     fusion = reader.choice("localize", "fusion", "median", REGISTRATION_FUSIONS)
+    refine = reader.choice("localize", "refine", "none", REGISTRATION_REFINES)
     if reader.get("localize", "method") is not None:
         method = reader.choice("localize", "method", "medlam", LOCALIZE_METHODS)
-        return LocalizeConfig(method, "config", fusion)
+        return LocalizeConfig(method, "config", fusion, refine)
     if medlam_path is not None:
-        return LocalizeConfig("medlam", "default: [weight] medlam_load_path is set", fusion)
+        why = "default: [weight] medlam_load_path is set"
+        return LocalizeConfig("medlam", why, fusion, refine)
     if prototypes is not None:
-        return LocalizeConfig("medlam", "default: [data] prototypes is set", fusion)
-    return LocalizeConfig("registration", "default: no [weight] medlam_load_path", fusion)
+        return LocalizeConfig("medlam", "default: [data] prototypes is set", fusion, refine)
+    return LocalizeConfig("registration", "default: no [weight] medlam_load_path", fusion, refine)
 
 
 def _read_vit(

@@ -65,8 +65,10 @@ def localize_cohort(
     slice_interval: int | None = None,
     method: str = "medlam",
     fusion: str = "median",
-) -> tuple[list, dict]:
-    """Box scores of every query organ, and the localizer's work counts (query side)."""
+    refine: str = "none",
+) -> tuple[dict[str, list], dict]:
+    """Box scores of every query organ (per registration fusion: ``fusion`` ``both`` scores
+    ``median`` and ``vote`` on the same registrations), and the localizer's work counts."""
     from medlsam.evaluation.box_metrics import score_organ
     from medlsam.io import case_name, read_image, read_label
 
@@ -75,9 +77,13 @@ def localize_cohort(
     if method == "registration":
         from medlsam.localization.registration import RegistrationLocalizer
 
-        loc = RegistrationLocalizer(mode, slice_interval, fusion=fusion, seed=2023)
+        fusions = ("median", "vote") if fusion == "both" else (fusion,)
+        loc = RegistrationLocalizer(
+            mode, slice_interval, fusion=fusions[0], seed=2023, refine=refine
+        )
         loc.stats = {"patches": 0}
     else:
+        fusions = ("medlam",)
         from medlsam.localization.localizer import Localizer
         from medlsam.localization.network import build_medlam
 
@@ -94,13 +100,12 @@ def localize_cohort(
         )
     loc.fit([(read_image(i), read_label(lab)) for i, lab in supports], classes)
     fit_patches = loc.stats["patches"]
-    began = time.perf_counter()
-    scores = []
+    began, cpu = time.perf_counter(), time.process_time()
+    scores: dict[str, list] = {f: [] for f in fusions}
     for image_path, label_path in queries:
         image, label = read_image(image_path), read_label(label_path)
-        boxes = loc.predict(image)
-        for c in classes:
-            scores.append(
+        for f, boxes in _query_boxes(loc, image, fusions).items():
+            scores[f] += [
                 score_organ(
                     case_name(image_path),
                     boxes[c],
@@ -108,13 +113,27 @@ def localize_cohort(
                     image.spacing,
                     image.slice_axis(),
                 )
-            )
+                for c in classes
+            ]
     work = {
         "query_patches": loc.stats["patches"] - fit_patches,
         "queries": len(queries),
         "seconds_per_query": (time.perf_counter() - began) / max(len(queries), 1),
+        "cpu_per_query": (time.process_time() - cpu) / max(len(queries), 1),
     }
     return scores, work
+
+
+def _query_boxes(loc, image, fusions: tuple[str, ...]) -> dict[str, dict]:
+    """Boxes of one query per fusion (registration: one set of registrations for all)."""
+    if fusions == ("medlam",):
+        return {"medlam": loc.predict(image)}
+    from medlsam.localization.registration import Frame
+    from medlsam.preprocess import medlam_image
+
+    grid = medlam_image(image, "linear")
+    masks = loc.support_masks(grid, Frame.of(image, grid))
+    return {f: loc.boxes(image, grid, loc.fuse(masks, f)) for f in fusions}
 
 
 def table(title: str, scores: list, names: dict[int, str]) -> tuple[str, float]:
@@ -166,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         help="localizer: MedLAM with --checkpoint (default) or weight-free registration",
     )
     parser.add_argument(
-        "--fusion", choices=("median", "vote"), default="median", help="registration only"
+        "--fusion",
+        choices=("median", "vote", "both"),
+        default="median",
+        help="registration only (both: each fusion on the same registrations)",
+    )
+    parser.add_argument(
+        "--refine", choices=("none", "organ"), default="none", help="registration only"
     )
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--cohorts-only", action="store_true", help="only write the cohorts")
@@ -198,23 +223,38 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_real:
             cohort_lists(real_folder, make_real)
         return 0
-    options = (scales, steps, args.mss_share_mm, args.slice_interval, args.method, args.fusion)
+    options = (
+        scales,
+        steps,
+        args.mss_share_mm,
+        args.slice_interval,
+        args.method,
+        args.fusion,
+        args.refine,
+    )
     mode = f"SPL interval {args.slice_interval}" if args.slice_interval else "WPL"
     settings = (
         f"{mode}, MSS scales {list(scales) or 'none'}, rdr_steps {steps}, "
         f"mss_share_mm {args.mss_share_mm:g}"
     )
     if args.method == "registration":
-        settings = f"{mode}, registration, fusion {args.fusion}"
+        settings = f"{mode}, registration, refine {args.refine}"
     scores, work = localize_cohort(synth, args.checkpoint, *options)
-    text, mean = table(
-        "Synthetic phantoms (seed 7, 5 supports, 12 queries)", scores, dict(ORGAN_NAMES)
+    report, means = [], []
+    for label, mine in scores.items():
+        text, mean = table(
+            f"Synthetic phantoms (seed 7, 5 supports, 12 queries), {label}",
+            mine,
+            dict(ORGAN_NAMES),
+        )
+        means.append(mean)
+        report.append(text)
+        print(text, flush=True)
+    text = (
+        f"{settings}; MedLAM query patches per query {work['query_patches'] / 12:.1f}; "
+        f"{work['seconds_per_query']:.1f} s ({work['cpu_per_query']:.1f} s CPU) per query"
     )
-    text += (
-        f"\n\n{settings}; MedLAM query patches per query {work['query_patches'] / 12:.1f}; "
-        f"{work['seconds_per_query']:.1f} s per query"
-    )
-    report = [text]
+    report.append(text)
     print(text, flush=True)
     if not args.skip_real:
         if not (CT / "example_ct.nii.gz").is_file():
@@ -222,15 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             real = cohort_lists(real_folder, make_real)
             scores, work = localize_cohort(real, args.checkpoint, *options)
-            text, _ = table(
-                "Real CT, deformed copies (seed 11, 5 supports, 10 queries)", scores, REAL_CLASSES
-            )
-            report.append(text)
-            print("\n" + text, flush=True)
+            for label, mine in scores.items():
+                text, _ = table(
+                    f"Real CT, deformed copies (seed 11, 5 supports, 10 queries), {label}",
+                    mine,
+                    REAL_CLASSES,
+                )
+                report.append(text)
+                print("\n" + text, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "iou.md").write_text("\n\n".join(report) + "\n")
     print(f"\n{settings}; {time.perf_counter() - began:.0f} s; written {args.out / 'iou.md'}")
-    return 0 if mean >= (0.7 if args.method == "registration" else 0.5) else 1
+    return 0 if min(means) >= (0.7 if args.method == "registration" else 0.5) else 1
 
 
 if __name__ == "__main__":

@@ -23,6 +23,11 @@ For each query and each support scan:
    A registration that raises, or ends with a scale outside ``[0.5, 2]``, is a
    :class:`RegistrationError` (the case fails with that reason). The correlation inside the
    query's body after the affine must again reach :data:`MIN_MATCH`, else "no match".
+   **Per organ** (``refine = organ``, opt-in): organs of two subjects also move against
+   each other, which one affine cannot follow. After the global affine, each organ's
+   translation is searched exhaustively (6 mm steps over +-12 mm, then 3 mm over +-3 mm),
+   Mattes MI between the query voxels within 15 mm of the organ's warped box and the support's
+   organ with a 9 mm shell (gradient descent stalls on such small regions).
 4. **Labels.** Each organ's support label is warped to the query's grid, padded by 32 voxels as
    MedLAM's is (nearest neighbour), so an organ partly outside the field of view keeps its
    shape; its six extreme points (WPL) or SPL split points are taken as MedLAM takes a
@@ -63,6 +68,17 @@ BODY_LEVEL = 0.125
 #: Scales an affine may reach before it counts as not converged.
 SCALE_RANGE = (0.5, 2.0)
 FUSIONS = ("median", "vote")
+REFINES = ("none", "organ")
+#: Margin (3 mm voxels) around an organ's warped box that its local search looks at.
+LOCAL_MARGIN = 5
+#: Voxels (3 mm) around the support's organ that its local metric looks at (0: no limit).
+LOCAL_SHELL = 3
+#: Exhaustive local search, coarse to fine: (steps each way per axis, 3 mm voxels per step).
+LOCAL_STEPS = ((2, 2), (1, 1))
+#: Random samples of the local metric (fewer query voxels: all of them).
+LOCAL_SAMPLES = 8000
+#: Fewest query voxels the local region must hold (else the global affine stands).
+LOCAL_MIN_VOXELS = 200
 #: Levels of the global affine (shrink factors of the 3 mm grid: 12 mm, then 6 mm).
 SHRINK = [4, 2]
 #: Random samples of the global metric per level.
@@ -88,10 +104,13 @@ class Frame:
         spacing = np.where(spacing > 1e-6, spacing, 3.0)
         return cls(world[0], spacing)
 
-    def image(self, array: np.ndarray, pad: int = 0) -> sitk.Image:
+    def image(self, array: np.ndarray, pad: int = 0, start: np.ndarray | None = None) -> sitk.Image:
+        """``array`` on this frame, padded by ``pad`` voxels, or a crop whose first voxel is
+        ``start`` ``(z, y, x)``."""
         img = sitk.GetImageFromArray(np.pad(array, pad) if pad else array)
         img.SetSpacing(self.spacing.tolist())
-        img.SetOrigin((self.origin - pad * self.spacing).tolist())
+        first = -pad if start is None else np.asarray(start, dtype=np.float64)[::-1]
+        img.SetOrigin((self.origin + first * self.spacing).tolist())
         return img
 
 
@@ -207,6 +226,16 @@ def _mi_method(shares: list[float], seed: int, iterations: int, step: float):
     return method
 
 
+def _moved(mask: np.ndarray, move: np.ndarray) -> np.ndarray:
+    """``mask`` read ``move`` voxels ``(z, y, x)`` further: ``out[v] = mask[v + move]``
+    (zero where that falls outside)."""
+    out = np.zeros_like(mask)
+    src = tuple(slice(max(m, 0), n + min(m, 0)) for m, n in zip(move, mask.shape, strict=True))
+    dst = tuple(slice(max(-m, 0), n - max(m, 0)) for m, n in zip(move, mask.shape, strict=True))
+    out[dst] = mask[src]
+    return out
+
+
 def _scales(transform: sitk.AffineTransform) -> np.ndarray:
     return np.linalg.svd(np.array(transform.GetMatrix()).reshape(3, 3), compute_uv=False)
 
@@ -222,6 +251,7 @@ class RegistrationLocalizer:
         seed: seed of the metric's random sampling.
         iterations: optimizer iterations per level.
         class_names: organ names for messages.
+        refine: ``organ`` (a local translation per organ after the global affine) or ``none``.
     """
 
     name = "registration"
@@ -235,12 +265,16 @@ class RegistrationLocalizer:
         seed: int = 2023,
         iterations: int = 100,
         class_names: dict[int, str] | None = None,
+        refine: str = "none",
     ) -> None:
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
+        if refine not in REFINES:
+            raise ValueError(f"refine must be one of {REFINES}, not {refine!r}")
         self.mode = BoxMode(mode)
         self.slice_interval = slice_interval
         self.fusion = fusion
+        self.refine = refine
         self.seed = int(seed)
         self.iterations = int(iterations)
         self.class_names = dict(class_names or {})
@@ -338,6 +372,61 @@ class RegistrationLocalizer:
         score = self._after_score(query, fixed, moving, affine)
         return Match(atlas.name, affine, search, score, time.perf_counter() - began)
 
+    def refine_organ(
+        self,
+        query: np.ndarray,
+        q_frame: Frame,
+        atlas: _Atlas,
+        transform: sitk.Transform,
+        warped: np.ndarray,
+        c: int,
+    ) -> np.ndarray:
+        """One organ's mask on the padded grid after a local translation: organs of two
+        subjects move against each other, which one affine cannot follow. The translation is
+        searched exhaustively (:data:`LOCAL_STEPS`, whole 3 mm voxels; gradient descent stalls
+        on such small regions), Mattes MI between the query within :data:`LOCAL_MARGIN` of the
+        organ's warped box (``warped``, after the global ``transform``) and the support's
+        organ with a :data:`LOCAL_SHELL` shell; the warped mask then moves by the same voxels.
+        ``warped`` stands when the region is under :data:`LOCAL_MIN_VOXELS` or the search
+        raises."""
+        box, s_box = bounding_box(warped), bounding_box(atlas.label == c)
+        if box is None or s_box is None:
+            return warped
+        top = np.array(query.shape) - 1
+        lo = np.clip(box[0] - PAD - LOCAL_MARGIN, 0, top)
+        hi = np.clip(box[1] - PAD + LOCAL_MARGIN, 0, top)
+        roi = query[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
+        if roi.size < LOCAL_MIN_VOXELS:
+            return warped
+        s_lo = np.maximum(s_box[0] - LOCAL_SHELL - 1, 0)
+        s_hi = np.minimum(s_box[1] + LOCAL_SHELL + 1, np.array(atlas.label.shape) - 1)
+        cut = tuple(slice(a, b + 1) for a, b in zip(s_lo, s_hi, strict=True))
+        organ = ndimage.binary_dilation(atlas.label[cut] == c, iterations=LOCAL_SHELL)
+        local = sitk.CompositeTransform(
+            [sitk.AffineTransform(transform), sitk.TranslationTransform(3)]
+        )
+        share = min(1.0, LOCAL_SAMPLES / roi.size)
+        for steps, voxels in LOCAL_STEPS:
+            method = sitk.ImageRegistrationMethod()
+            method.SetMetricAsMattesMutualInformation(32)
+            method.SetMetricSamplingStrategy(method.RANDOM if share < 1 else method.NONE)
+            method.SetMetricSamplingPercentage(share, self.seed)
+            method.SetInterpolator(sitk.sitkLinear)
+            method.SetMetricMovingMask(atlas.frame.image(organ.astype(np.uint8), start=s_lo))
+            method.SetOptimizerAsExhaustive([steps] * 3, stepLength=voxels)
+            method.SetOptimizerScales(q_frame.spacing.tolist())  # steps of whole voxels
+            method.SetInitialTransform(local, inPlace=True)
+            try:
+                method.Execute(
+                    q_frame.image(roi, start=lo),
+                    atlas.frame.image(atlas.image[cut], start=s_lo),
+                )
+            except RuntimeError:
+                return warped
+        offset = np.array(local.GetNthTransform(1).GetParameters())  # mm, (x, y, z)
+        move = np.rint(offset / q_frame.spacing)[::-1].astype(int)
+        return _moved(warped, move)
+
     @staticmethod
     def _after_score(
         query: np.ndarray, fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform
@@ -362,12 +451,11 @@ class RegistrationLocalizer:
         )
         return sitk.GetArrayFromImage(warped)
 
-    def locate(self, grid: MedlamInput, q_frame: Frame) -> dict[int, np.ndarray | None]:
-        """Fused points per organ on the UNPADDED 3 mm grid ``(groups, 6, 3)`` ``(z, y, x)``,
-        or None where no matching support holds the organ."""
+    def support_masks(self, grid: MedlamInput, q_frame: Frame) -> dict[int, list[np.ndarray]]:
+        """Each matching support's mask of each organ on the query's PADDED 3 mm grid (after
+        the global affine, and the organ's local one with ``refine = organ``)."""
         if not self.atlases:
             raise RuntimeError("RegistrationLocalizer has no supports: call fit() first")
-        points: dict[int, list[np.ndarray]] = {c: [] for c in self.classes}
         masks: dict[int, list[np.ndarray]] = {c: [] for c in self.classes}
         self.last_matches = []
         for atlas in self.atlases:
@@ -375,24 +463,40 @@ class RegistrationLocalizer:
             self.last_matches.append(match)
             if not match.matched:
                 continue
+            began = time.perf_counter()
             warped = self.warp_labels(atlas, q_frame, grid.array.shape, match.transform)
             for c in self.classes:
                 mask = warped == c
-                if not mask.any():
-                    continue
-                if self.fusion == "vote":
+                if mask.any() and self.refine == "organ":
+                    mask = self.refine_organ(grid.array, q_frame, atlas, match.transform, mask, c)
+                if mask.any():
                     masks[c].append(mask)
-                else:
-                    points[c].append(support_points(mask, self.splits[c]))
+            match.seconds += time.perf_counter() - began
+        return masks
+
+    def fuse(
+        self, masks: dict[int, list[np.ndarray]], fusion: str | None = None
+    ) -> dict[int, np.ndarray | None]:
+        """Fused points per organ on the UNPADDED 3 mm grid ``(groups, 6, 3)`` ``(z, y, x)``,
+        or None where no matching support holds the organ (``fusion``: this localizer's by
+        default)."""
+        fusion = fusion or self.fusion
         fused: dict[int, np.ndarray | None] = {}
         for c in self.classes:
-            if self.fusion == "vote":
-                fused[c] = _vote(masks[c], self.splits[c])
+            if fusion == "vote":
+                points = _vote(masks[c], self.splits[c])
+            elif masks[c]:
+                points = np.median(
+                    np.stack([support_points(m, self.splits[c]) for m in masks[c]]), axis=0
+                )
             else:
-                fused[c] = np.median(np.stack(points[c]), axis=0) if points[c] else None
-            if fused[c] is not None:
-                fused[c] = (fused[c] - PAD).reshape(-1, 6, 3)
+                points = None
+            fused[c] = None if points is None else (points - PAD).reshape(-1, 6, 3)
         return fused
+
+    def locate(self, grid: MedlamInput, q_frame: Frame) -> dict[int, np.ndarray | None]:
+        """Fused points per organ (:meth:`fuse` of :meth:`support_masks`)."""
+        return self.fuse(self.support_masks(grid, q_frame))
 
     def case_report(self) -> dict:
         """What the last :meth:`predict` did per support (for ``run.json``)."""
@@ -413,8 +517,13 @@ class RegistrationLocalizer:
     def predict(self, volume: Volume) -> dict[int, OrganBoxes]:
         """Boxes of every organ in ``volume`` (a CT in HU, any orientation), as MedLAM's."""
         grid = medlam_image(volume, "linear")
-        q_frame = Frame.of(volume, grid)
-        located = self.locate(grid, q_frame)
+        return self.boxes(volume, grid, self.locate(grid, Frame.of(volume, grid)))
+
+    def boxes(
+        self, volume: Volume, grid: MedlamInput, located: dict[int, np.ndarray | None]
+    ) -> dict[int, OrganBoxes]:
+        """:class:`OrganBoxes` in ``volume``'s voxels of points from :meth:`fuse` (one warning
+        per organ left outside, one when no support matched)."""
         if not any(m.matched for m in self.last_matches):
             best = max(m.score for m in self.last_matches)
             logger.warning(

@@ -149,7 +149,11 @@ def localizer_settings(cfg: Config, localizer_sha: str | None) -> dict[str, Any]
         "localizer_sha256": localizer_sha,
         "support_images": [str(p) for p in data.support_images],
         **(
-            {"localize_method": "registration", "fusion": cfg.localize.fusion}
+            {
+                "localize_method": "registration",
+                "fusion": cfg.localize.fusion,
+                "refine": cfg.localize.refine,
+            }
             if cfg.localize.method == "registration"
             else {}
         ),
@@ -226,6 +230,7 @@ def _localizer_block(cfg: Config, localizer_sha: str | None) -> dict[str, Any]:
             "method": "registration",
             "chosen_by": method.chosen_by,
             "fusion": method.fusion,
+            "refine": method.refine,
             "checkpoint": None,
             "checkpoint_sha256": None,
         }

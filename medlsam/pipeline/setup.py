@@ -102,6 +102,7 @@ def build_localizer(cfg: Config, device: str, network: Any = None) -> Any:
             mode=cfg.data.bbox_mode,
             slice_interval=cfg.data.slice_interval,
             fusion=method.fusion,
+            refine=method.refine,
             seed=cfg.run.seed,
             class_names=dict(cfg.data.class_names),
         )

@@ -130,6 +130,31 @@ def test_registration_that_fails_raises_with_its_reason(monkeypatch):
         loc.predict(make_ct(seed=1)[0])
 
 
+def _organ2_moved(shift: int) -> tuple[Volume, Volume]:
+    """make_ct's scan with organ 2 alone moved ``shift`` voxels (2 mm) along i."""
+    image, label = make_ct(shape=(40, 36, 40), seed=1)
+    data, lab = image.data.copy(), label.data.copy()
+    data[lab == 2], lab[lab == 2] = 40.0, 0
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in data.shape], indexing="ij")
+    organ2 = ((ii - 27 - shift) / 4) ** 2 + ((jj - 21) / 4) ** 2 + ((kk - 18) / 4) ** 2 < 1
+    data[organ2], lab[organ2] = 300.0, 2
+    return Volume(data, image.affine), Volume(lab, image.affine)
+
+
+def test_local_affine_follows_an_organ_that_moved_alone():
+    """Organ 2 moved 10 mm while the body and organ 1 stayed: the global affine follows the
+    body, the organ's local search follows the organ."""
+    support, support_label = make_ct(shape=(40, 36, 40), seed=0)
+    query, query_label = _organ2_moved(5)
+    ious = {}
+    for refine in ("none", "organ"):
+        loc = RegistrationLocalizer(refine=refine)
+        loc.fit([(support, support_label)], [1, 2])
+        ious[refine] = _iou(loc.predict(query), query_label, 2)
+    assert ious["organ"] > 0.7, ious
+    assert ious["organ"] > ious["none"] + 0.1, ious
+
+
 def test_fit_refuses_an_organ_in_no_support(tiny_ct):
     from medlsam.errors import InputError
 
@@ -259,3 +284,14 @@ def test_unknown_localize_method_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match=r"\[localize\] method.*did you mean 'registration'"):
         load_config(_write_cohort(tmp_path, 1, "[localize]\nmethod = registation\n"))
+
+
+def test_localize_refine_is_read_and_checked(tmp_path):
+    from medlsam.config import load_config
+    from medlsam.errors import ConfigError
+
+    assert load_config(_write_cohort(tmp_path, 1)).localize.refine == "none"
+    cfg = load_config(_write_cohort(tmp_path, 1, "[localize]\nrefine = organ\n"))
+    assert cfg.localize.refine == "organ"
+    with pytest.raises(ConfigError, match=r"\[localize\] refine"):
+        load_config(_write_cohort(tmp_path, 1, "[localize]\nrefine = organs\n"))
