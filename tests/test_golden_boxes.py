@@ -4,11 +4,22 @@ the ``boxes.json`` document (every expected number worked out by hand in the com
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from medlsam.boxes import Box3D, OrganBoxes, box_iou, box_overlaps, boxes_json, group_box
+from medlsam.boxes import (
+    Box3D,
+    OrganBoxes,
+    box_iou,
+    box_overlaps,
+    boxes_json,
+    group_box,
+    read_boxes_json,
+    write_boxes_json,
+)
+from medlsam.errors import InputError
 
 
 def test_a_one_voxel_box_is_a_box_and_an_inverted_one_is_refused():
@@ -127,3 +138,58 @@ def test_boxes_json_document():
     assert all(type(v) is float for v in doc["classes"]["9"]["extreme_points"][0][0])
     extra = boxes_json("c1", "x", affine, [], extra={"upper_bound_baseline": True})
     assert extra == {"case": "c1", "image": "x", "classes": {}, "upper_bound_baseline": True}
+
+
+def test_raw_boxes_must_pair_with_boxes():
+    two = (Box3D((0, 0, 0), (1, 1, 1)), Box3D((2, 2, 2), (3, 3, 3)))
+    with pytest.raises(ValueError, match=r"^organ 7: 1 raw boxes for 2 boxes$"):
+        OrganBoxes(7, two, np.zeros((2, 6, 3)), raw_boxes=two[:1])
+
+
+def test_boxes_file_written_with_two_space_indent_and_read_back(tmp_path):
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    organ = OrganBoxes(3, (Box3D((0, 1, 2), (4, 5, 6)),), np.ones((1, 6, 3)))
+    path = tmp_path / "caf\u00e9.boxes.json"
+    extra = {"localizer": "registration"}
+    assert (
+        write_boxes_json(path, "caf\u00e9", "/d/caf\u00e9.nii.gz", affine, [organ], extra) == path
+    )
+    text = path.read_text(encoding="utf-8")
+    # json.dumps(indent=2): the first key on its own line, indented by two spaces
+    assert text.startswith('{\n  "case": "caf\\u00e9",\n  "image": "/d/caf\\u00e9.nii.gz",\n')
+    doc = json.loads(text)
+    assert doc["localizer"] == "registration"
+    # (4, 5, 6) -> (6.0, 7.5, 12.0) mm
+    assert doc["classes"]["3"]["boxes"][0]["max_mm"] == [6.0, 7.5, 12.0]
+    assert read_boxes_json(path) == doc["classes"]
+
+
+def test_boxes_file_read_as_utf8(tmp_path):
+    path = tmp_path / "b.boxes.json"
+    path.write_bytes('{"case": "\u00fc", "classes": {"1": {"boxes": []}}}'.encode("utf-8"))
+    assert read_boxes_json(path) == {"1": {"boxes": []}}
+    path.write_bytes(b'{"case": "\xfc", "classes": {}}')  # latin-1, not UTF-8
+    with pytest.raises(InputError, match="not a boxes file"):
+        read_boxes_json(path)
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (None, r"No such file or directory"),
+        ("{not json", r"Expecting property name"),
+        ('{"case": "c"}', r"'classes'"),
+        ('{"classes": [1, 2]}', r"\('classes' is not a mapping\)"),
+    ],
+)
+def test_a_bad_boxes_file_is_one_line_naming_it(tmp_path, content, reason):
+    path = tmp_path / "bad.boxes.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read_boxes_json(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: not a boxes file (")
+    assert message.endswith('); expected JSON with "classes": {id: {boxes}}')
+    assert "\n" not in message
+    assert re.search(reason, message)
