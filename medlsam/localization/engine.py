@@ -33,6 +33,12 @@ def _names(fc: bool, features: tuple[str, ...]) -> list[str]:
     return (["fc_position"] if fc else []) + list(features)
 
 
+def _ordered(features) -> tuple[str, ...]:
+    """The requested feature scales in the network's order (names it lacks left out)."""
+    wanted = set(features)
+    return tuple(n for n in FEATURE_NAMES if n in wanted)
+
+
 class EngineMedLAM:
     """A MedLAM whose CPU forward passes run in ``engine`` (``onnxruntime`` or ``openvino``).
 
@@ -72,7 +78,7 @@ class EngineMedLAM:
     def prepare(self, features: tuple[str, ...]) -> None:
         """Export and load, ahead of use, the three graphs a :class:`Localizer` with these
         feature scales runs (fc-only, fc + features, features only)."""
-        ordered = tuple(n for n in FEATURE_NAMES if n in set(features))
+        ordered = _ordered(features)
         for fc, feats in ((True, ()), (True, ordered), (False, ordered)):
             if fc or feats:
                 self.graph(fc, feats)
@@ -84,13 +90,12 @@ class EngineMedLAM:
         self, x: torch.Tensor, fc: bool = True, features=FEATURE_NAMES
     ) -> dict[str, torch.Tensor]:
         """Same arguments and outputs as :meth:`MedLAM.forward`."""
-        wanted = set(features)
-        ordered = tuple(n for n in FEATURE_NAMES if n in wanted)
+        ordered = _ordered(features)
         runnable = (
             x.device.type == "cpu"
             and x.dtype == torch.float32
             and tuple(x.shape[1:]) == (1, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE)
-            and len(ordered) == len(wanted)
+            and len(ordered) == len(set(features))
             and (fc or ordered)
         )
         if not runnable:
