@@ -79,8 +79,9 @@ ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 #: Localizers a user can name in ``[localize] method``.
 LOCALIZE_METHODS: tuple[str, ...] = ("medlam", "registration")
 REGISTRATION_FUSIONS: tuple[str, ...] = ("median", "vote")
-#: Registration refinements after the global affine (``organ``: a local affine per organ).
-REGISTRATION_REFINES: tuple[str, ...] = ("none", "organ")
+#: Registration refinements after the global affine (``organ``: a local translation per organ;
+#: ``both``: each support gives its organ's mask before and after that move to the fusion).
+REGISTRATION_REFINES: tuple[str, ...] = ("none", "organ", "both")
 #: ``[vit] classic_contrast``: keep the supports' organ intensities, or adapt them to a query
 #: whose boxes show another contrast phase (needs boxes that hit the organs).
 CLASSIC_CONTRAST: tuple[str, ...] = ("keep", "adapt")
@@ -174,8 +175,9 @@ class LocalizeConfig:
     (weight-free atlas registration of each support scan); unset, it is ``medlam`` when a
     MedLAM checkpoint is named and ``registration`` otherwise (``chosen_by`` says which).
     ``fusion`` combines the supports' registered boxes (``median`` or ``vote``); ``refine``
-    is ``organ`` (a local translation search around each organ after the global affine) or
-    ``none`` (default).
+    is ``organ`` (a local translation search around each organ after the global affine),
+    ``both`` (each support's organ mask before and after that search, both fused) or ``none``
+    (default).
     """
 
     method: str = "medlam"

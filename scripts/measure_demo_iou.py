@@ -132,8 +132,8 @@ def _query_boxes(loc, image, fusions: tuple[str, ...]) -> dict[str, dict]:
     from medlsam.preprocess import medlam_image
 
     grid = medlam_image(image, "linear")
-    masks = loc.support_masks(grid, Frame.of(image, grid))
-    return {f: loc.boxes(image, grid, loc.fuse(masks, f)) for f in fusions}
+    gathered = loc.support_organs(grid, Frame.of(image, grid), fusions)
+    return {f: loc.boxes(image, grid, loc.fuse(gathered, f)) for f in fusions}
 
 
 def table(title: str, scores: list, names: dict[int, str]) -> tuple[str, float]:
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         help="registration only (both: each fusion on the same registrations)",
     )
     parser.add_argument(
-        "--refine", choices=("none", "organ"), default="none", help="registration only"
+        "--refine", choices=("none", "organ", "both"), default="none", help="registration only"
     )
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--cohorts-only", action="store_true", help="only write the cohorts")

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "result" / "measure_real_ct")
     parser.add_argument("--methods", default="medlam,registration")
     parser.add_argument(
-        "--refine", choices=("none", "organ"), default="none", help="registration only"
+        "--refine", choices=("none", "organ", "both"), default="none", help="registration only"
     )
     parser.add_argument(
         "--reuse",

@@ -15,7 +15,8 @@ from conftest import ct_testdata_path, make_ct, reorient
 from medlsam.boxes import Box3D, box_iou
 from medlsam.errors import RegistrationError
 from medlsam.io import Volume
-from medlsam.localization.registration import RegistrationLocalizer, axis_search
+from medlsam.localization.registration import Frame, RegistrationLocalizer, axis_search
+from medlsam.preprocess import PAD, medlam_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -153,6 +154,70 @@ def test_local_affine_follows_an_organ_that_moved_alone():
         ious[refine] = _iou(loc.predict(query), query_label, 2)
     assert ious["organ"] > 0.7, ious
     assert ious["organ"] > ious["none"] + 0.1, ious
+
+
+def test_both_fuses_the_global_and_the_moved_mask():
+    """``refine = both``: the support's organ mask before and after its local move both reach
+    the fusion, so the fused box lies between the global box (wrong: organ 2 moved alone) and
+    the moved one, closer to the truth than the global box."""
+    support, support_label = make_ct(shape=(40, 36, 40), seed=0)
+    query, query_label = _organ2_moved(5)
+    ious, gathered = {}, {}
+    for refine in ("none", "organ", "both"):
+        loc = RegistrationLocalizer(refine=refine)
+        loc.fit([(support, support_label)], [1, 2])
+        grid = medlam_image(query, "linear")
+        found = loc.support_organs(grid, Frame.of(query, grid))
+        ious[refine] = _iou(loc.boxes(query, grid, loc.fuse(found)), query_label, 2)
+        gathered[refine] = found[2]
+    assert [len(gathered[r].points) for r in ("none", "organ", "both")] == [1, 1, 2]
+    np.testing.assert_array_equal(gathered["both"].points[0], gathered["none"].points[0])
+    np.testing.assert_array_equal(gathered["both"].points[1], gathered["organ"].points[0])
+    assert ious["both"] > ious["none"] + 0.05, ious
+    assert ious["organ"] > ious["both"], ious
+
+
+def test_gathered_points_fuse_as_the_full_masks_did(monkeypatch):
+    """Each warped mask is reduced to its points (and a vote count for ``vote`` only) on
+    arrival; the fused points equal those of the kept full-size masks (3 supports, each
+    organ's mask before and after its local move: 6 masks per organ)."""
+    from medlsam.localization.prototypes import support_points
+
+    supports = [make_ct(shape=(40, 36, 40), seed=s) for s in (0, 2, 3)]
+    query, _ = _organ2_moved(3)
+    loc = RegistrationLocalizer(refine="both")
+    loc.fit(supports, [1, 2])
+    grid = medlam_image(query, "linear")
+    frame = Frame.of(query, grid)
+    masks: dict[int, list[np.ndarray]] = {1: [], 2: []}
+    matches, moved = {}, {}
+    for atlas in loc.atlases:
+        matches[id(atlas)] = match = loc.register(grid.array, frame, atlas)
+        warped = loc.warp_labels(atlas, frame, grid.array.shape, match.transform)
+        for c in masks:
+            masks[c].append(warped == c)
+            moved[id(atlas), c] = loc.refine_organ(
+                grid.array, frame, atlas, match.transform, warped == c, c
+            )
+            masks[c].append(moved[id(atlas), c])
+    # the same registrations and local moves again, not recomputed
+    monkeypatch.setattr(loc, "register", lambda query, q_frame, atlas: matches[id(atlas)])
+    monkeypatch.setattr(loc, "refine_organ", lambda q, f, atlas, t, w, c: moved[id(atlas), c])
+    median_only = loc.support_organs(grid, frame)
+    assert all(g.votes is None for g in median_only.values())
+    both = loc.support_organs(grid, frame, ("median", "vote"))
+    for c, kept in masks.items():
+        points = np.stack([support_points(m, 1) for m in kept])
+        expected = np.median(points, axis=0) - PAD
+        np.testing.assert_array_equal(loc.fuse(median_only)[c][0], expected)
+        np.testing.assert_array_equal(loc.fuse(both, "median")[c][0], expected)
+        votes = np.sum(kept, axis=0)
+        np.testing.assert_array_equal(both[c].votes, votes)
+        majority = votes >= int(np.ceil(len(kept) / 2))
+        expected = support_points(majority if majority.any() else votes == votes.max(), 1)
+        np.testing.assert_array_equal(loc.fuse(both, "vote")[c][0], expected - PAD)
+    with pytest.raises(ValueError, match="vote fusion needs the votes"):
+        loc.fuse(median_only, "vote")
 
 
 def test_fit_refuses_an_organ_in_no_support(tiny_ct):
@@ -293,5 +358,7 @@ def test_localize_refine_is_read_and_checked(tmp_path):
     assert load_config(_write_cohort(tmp_path, 1)).localize.refine == "none"
     cfg = load_config(_write_cohort(tmp_path, 1, "[localize]\nrefine = organ\n"))
     assert cfg.localize.refine == "organ"
+    cfg = load_config(_write_cohort(tmp_path, 1, "[localize]\nrefine = both\n"))
+    assert cfg.localize.refine == "both"
     with pytest.raises(ConfigError, match=r"\[localize\] refine"):
         load_config(_write_cohort(tmp_path, 1, "[localize]\nrefine = organs\n"))
