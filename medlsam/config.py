@@ -175,15 +175,15 @@ class LocalizeConfig:
     (weight-free atlas registration of each support scan); unset, it is ``medlam`` when a
     MedLAM checkpoint is named and ``registration`` otherwise (``chosen_by`` says which).
     ``fusion`` combines the supports' registered boxes (``median`` or ``vote``); ``refine``
-    is ``organ`` (a local translation search around each organ after the global affine),
-    ``both`` (each support's organ mask before and after that search, both fused) or ``none``
-    (default).
+    is ``both`` (default: each support's organ mask before and after a local translation
+    search around the organ, both fused), ``organ`` (the searched mask only) or ``none`` (the
+    global affine's mask only).
     """
 
     method: str = "medlam"
     chosen_by: str = "config"
     fusion: str = "median"
-    refine: str = "none"
+    refine: str = "both"
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,9 @@ def _localize_config(
     """``[localize]``: an explicit method, else MedLAM when its checkpoint (or a MedLAM
     prototypes file) is named, else registration."""
     fusion = reader.choice("localize", "fusion", "median", REGISTRATION_FUSIONS)
-    refine = reader.choice("localize", "refine", "none", REGISTRATION_REFINES)
+    refine = reader.choice("localize", "refine", "both", REGISTRATION_REFINES)
+    if "refine" in reader.raw.get("localize", {}) and reader.get("localize", "refine") is None:
+        refine = "none"  # the reader reads ``none`` as no value; here it is not the default
     if reader.get("localize", "method") is not None:
         method = reader.choice("localize", "method", "medlam", LOCALIZE_METHODS)
         return LocalizeConfig(method, "config", fusion, refine)

@@ -65,7 +65,7 @@ def localize_cohort(
     slice_interval: int | None = None,
     method: str = "medlam",
     fusion: str = "median",
-    refine: str = "none",
+    refine: str = "both",
 ) -> tuple[dict[str, list], dict]:
     """Box scores of every query organ (per registration fusion: ``fusion`` ``both`` scores
     ``median`` and ``vote`` on the same registrations), and the localizer's work counts."""
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         help="registration only (both: each fusion on the same registrations)",
     )
     parser.add_argument(
-        "--refine", choices=("none", "organ", "both"), default="none", help="registration only"
+        "--refine", choices=("none", "organ", "both"), default="both", help="registration only"
     )
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--cohorts-only", action="store_true", help="only write the cohorts")

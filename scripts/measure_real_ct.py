@@ -173,7 +173,7 @@ def write_queries(ct_dir: Path, out: Path) -> list[tuple[str, Path, Path, str]]:
 
 
 def run_method(
-    method: str, support: tuple[Path, Path], queries, out: Path, refine: str = "none"
+    method: str, support: tuple[Path, Path], queries, out: Path, refine: str = "both"
 ) -> tuple[dict, tuple[float, float]]:
     """Run the pipeline with one localizer; per case and organ ``(box IoU, Dice)``, and the
     ``(wall, CPU)`` seconds of the run (CPU: this process, all its threads)."""
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "result" / "measure_real_ct")
     parser.add_argument("--methods", default="medlam,registration")
     parser.add_argument(
-        "--refine", choices=("none", "organ", "both"), default="none", help="registration only"
+        "--refine", choices=("none", "organ", "both"), default="both", help="registration only"
     )
     parser.add_argument(
         "--reuse",

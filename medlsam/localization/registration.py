@@ -23,14 +23,16 @@ For each query and each support scan:
    A registration that raises, or ends with a scale outside ``[0.5, 2]``, is a
    :class:`RegistrationError` (the case fails with that reason). The correlation inside the
    query's body after the affine must again reach :data:`MIN_MATCH`, else "no match".
-   **Per organ** (``refine = organ``, opt-in): organs of two subjects also move against
-   each other, which one affine cannot follow. After the global affine, each organ's
-   translation is searched exhaustively (6 mm steps over +-12 mm, then 3 mm over +-3 mm),
-   Mattes MI between the query voxels within 15 mm of the organ's warped box and the support's
-   organ with a 9 mm shell (gradient descent stalls on such small regions). With
-   ``refine = both`` each support gives the fusion its organ's mask before AND after that
-   move (two masks per support), so a local move that follows the wrong structure (an organ
-   whose surroundings share its intensities) is outvoted rather than taken.
+   **Per organ** (``refine``): organs of two subjects also move against each other, which
+   one affine cannot follow. After the global affine, each organ's translation is searched
+   exhaustively (6 mm steps over +-12 mm, then 3 mm over +-3 mm), Mattes MI between the query
+   voxels within 15 mm of the organ's warped box and the support's organ with a 9 mm shell
+   (gradient descent stalls on such small regions). ``both`` (the default) gives the fusion
+   each support's organ mask before AND after that move (two masks per support), so a move
+   that follows the wrong structure (an organ whose surroundings share its intensities) is
+   outvoted rather than taken; ``organ`` keeps only the moved mask, ``none`` only the
+   global one. Mean box IoU on 12 synthetic queries (5 supports, median fusion): ``none``
+   0.677, ``organ`` 0.702, ``both`` 0.707 (the pancreas: 0.778, 0.629, 0.767).
 4. **Labels.** Each organ's support label is warped to the query's grid, padded by 32 voxels as
    MedLAM's is (nearest neighbour), so an organ partly outside the field of view keeps its
    shape; its six extreme points (WPL) or SPL split points are taken as MedLAM takes a
@@ -39,8 +41,8 @@ For each query and each support scan:
    i.e. of the box corners; the default) or ``vote`` (points of the voxels that at least half
    of the warped labels give the organ). Each warped mask is reduced on arrival to its points
    (and, for ``vote``, to a per-voxel count of masks), so memory does not grow with the
-   number of supports. Measured with 5 supports:
-   mean box IoU 0.677 (median) vs 0.665 (vote) on 12 synthetic queries.
+   number of supports. With ``refine = both`` and 5 supports, mean box IoU 0.707 (median) vs
+   0.695 (vote) on 12 synthetic queries.
 
 Boxes go back to the query file's voxels exactly as MedLAM's do. An organ that no matching
 support places inside the query is ``inside=False`` with one warning line.
@@ -271,7 +273,7 @@ class RegistrationLocalizer:
         seed: int = 2023,
         iterations: int = 100,
         class_names: dict[int, str] | None = None,
-        refine: str = "none",
+        refine: str = "both",
     ) -> None:
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")

@@ -355,10 +355,9 @@ def test_localize_refine_is_read_and_checked(tmp_path):
     from medlsam.config import load_config
     from medlsam.errors import ConfigError
 
-    assert load_config(_write_cohort(tmp_path, 1)).localize.refine == "none"
-    cfg = load_config(_write_cohort(tmp_path, 1, "[localize]\nrefine = organ\n"))
-    assert cfg.localize.refine == "organ"
-    cfg = load_config(_write_cohort(tmp_path, 1, "[localize]\nrefine = both\n"))
-    assert cfg.localize.refine == "both"
+    assert load_config(_write_cohort(tmp_path, 1)).localize.refine == "both"
+    for refine in ("none", "organ", "both"):
+        cfg = load_config(_write_cohort(tmp_path, 1, f"[localize]\nrefine = {refine}\n"))
+        assert cfg.localize.refine == refine
     with pytest.raises(ConfigError, match=r"\[localize\] refine"):
         load_config(_write_cohort(tmp_path, 1, "[localize]\nrefine = organs\n"))
