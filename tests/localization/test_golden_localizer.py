@@ -684,3 +684,176 @@ def test_prototypes_from_another_device_or_file_are_refused_naming_the_file(tmp_
     with pytest.raises(InputError) as err:
         loc.load_prototypes(path, [1, 9])
     assert str(err.value).startswith(f"{path}: prototypes have no organ [9]")
+
+
+def test_cuda_runs_take_bigger_batches_in_half_precision():
+    # nothing runs here, so no GPU is needed to check what a CUDA localizer would do
+    loc = Localizer(Constant(), "cuda")
+    assert loc.batch_size == 16 and loc.precision == "fp16"
+    assert Localizer(Constant(), "cuda", precision="fp32", batch_size=3).batch_size == 3
+
+
+# --------------------------------------------------------------------------------------------
+# what the network is asked for
+
+
+class Recording(Oracle):
+    """The oracle, recording how it is called (``fc`` and ``features`` exactly as passed)."""
+
+    def __init__(self, *volumes: Volume) -> None:
+        super().__init__(*volumes)
+        self.asked: list[tuple] = []
+        self.devices: list[str] = []
+
+    def forward(self, x, fc=None, features=None):
+        self.asked.append((fc, features))
+        self.devices.append(x.device.type)
+        if x.device.type == "meta":
+            return {"fc_position": torch.zeros(len(x), 3)}
+        return super().forward(x, bool(fc), features or ())
+
+
+def _query_prototypes(query_code: np.ndarray, scales=(), templates=None) -> Prototypes:
+    """Organ 1 three voxels from the start in every axis; its templates ``templates``."""
+    arms = plus((0, 0, 0)).astype(np.float64)
+    fc = np.stack([query_code + np.arctanh((a + 3) * 3.0 / DIS_MM) for a in arms])
+    protos = _prototypes({1: fc}, feature_scales=scales)
+    protos.classes[1].templates = templates or {}
+    return protos
+
+
+def test_the_network_is_asked_for_codes_then_feature_maps():
+    """Start patches and later relative-distance steps ask for position codes only, refinement
+    for the feature maps only (the fc head is skipped there)."""
+    query = scan(3)
+    _, centres = _expected_starts(query, seed=11)
+    query_code = code(centres).astype(np.float32).astype(np.float64).mean(axis=0)
+    model = Recording(query)
+    loc = Localizer(
+        model, "cpu", feature_scales=("feature0",), interpolation="linear", seed=11, rdr_steps=2
+    )
+    templates = {"feature0": torch.rand(6, 2, 2, 2, 2, generator=torch.Generator().manual_seed(0))}
+    loc.prototypes = _query_prototypes(query_code, ("feature0",), templates)
+    located = loc.locate(medlam_image(query, "linear"))
+    assert located[1][1]  # inside, so refined
+    kinds = [a for n, a in enumerate(model.asked) if n == 0 or a != model.asked[n - 1]]
+    assert kinds == [(True, ()), (False, ("feature0",))]
+    starts = -(-len(np.unique(centres, axis=0)) // 4)
+    assert model.asked.count((True, ())) > starts  # the second step ran too
+    assert set(model.devices) == {"cpu"}
+
+
+def test_patches_are_sent_to_the_localizer_device():
+    model = Recording()
+    loc = Localizer(model, "meta", feature_scales=())
+    fcs, _ = loc._support_features(np.ones((70, 70, 70), np.float32), np.array([[35, 35, 35]]))
+    assert model.devices == ["meta"] and fcs.shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "precision, expected",
+    [
+        ("fp16", ("cuda", torch.float16, True)),
+        ("bf16", ("cuda", torch.bfloat16, True)),
+        ("fp32", ("cuda", torch.float16, False)),
+    ],
+)
+def test_the_network_runs_under_autocast_in_the_run_precision(monkeypatch, precision, expected):
+    """On CUDA MedLAM runs under ``torch.autocast("cuda", dtype)`` for fp16/bf16 and without it
+    for fp32. Checked on the CPU by recording what is asked of torch.autocast."""
+    import contextlib
+
+    asked = []
+
+    def autocast(device_type, dtype=None, enabled=None):
+        asked.append((device_type, dtype, enabled))
+        return contextlib.nullcontext()
+
+    query = scan(3)
+    padded = pad(medlam_image(query, "linear").array)
+    monkeypatch.setattr(torch, "autocast", autocast)
+    loc = Localizer(Recording(query), "cpu", feature_scales=())
+    loc.precision = precision  # what a CUDA localizer holds
+    loc._support_features(padded, np.array([[35, 36, 37]]))
+    assert asked == [expected]
+
+
+def test_forward_seconds_add_up_over_passes(monkeypatch):
+    class OneSecond:
+        def __init__(self, device):
+            self.device = torch.device(device)
+            self.seconds = 0.0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.seconds = 1.0
+
+    monkeypatch.setattr(localizer_module, "Stopwatch", OneSecond)
+    query = scan(3)
+    padded = pad(medlam_image(query, "linear").array)
+    loc = Localizer(Oracle(query), "cpu", feature_scales=(), batch_size=2)
+    loc.stats["forward_seconds"] = 0.25
+    centres = np.array([[33, 33, 33], [34, 33, 33], [35, 33, 33], [33, 33, 33], [36, 40, 41]])
+    fcs, _ = loc._support_features(padded, centres)
+    # 4 distinct centres, 2 per pass: 2 passes of one (fake) second each
+    assert loc.stats["forward_seconds"] == 2.25
+    assert loc.stats["forward_passes"] == 2 and loc.stats["patches"] == 4
+    np.testing.assert_allclose(fcs.numpy(), code(centres), rtol=1e-6)
+
+
+def test_later_relative_distance_steps_by_hand():
+    """rdr_steps = 3 (method.md 4, medlsam's iterated step): from step 2 on, each point's own
+    patch, centred on its last estimate clamped to [32, s - 33], moves it by
+    ``dis_ratio * tanh(support - code)`` mm; the oracle's z code grows twice as fast as the
+    displacement it undoes, so points overshoot in z and get clamped at both ends."""
+    query = scan(3)
+    _, centres = _expected_starts(query, seed=11)
+    query_code = code(centres).astype(np.float32).astype(np.float64).mean(axis=0)
+    origin = centres.mean(axis=0)
+    arms = plus((0, 0, 0)).astype(np.float64)
+    targets = {1: arms + [8, 1, -2], 2: arms + [-9, 3, 3], 3: arms + [1, -4, 4]}
+    fcs = {
+        c: np.stack([query_code + np.arctanh(t * 3.0 / DIS_MM) for t in v])
+        for c, v in targets.items()
+    }
+    oracle = Oracle(query)
+    loc = Localizer(oracle, "cpu", feature_scales=(), interpolation="linear", seed=11, rdr_steps=3)
+    loc.prototypes = _prototypes(fcs)
+    located = loc.locate(medlam_image(query, "linear"))
+    support = np.concatenate([fcs[c] for c in (1, 2, 3)]).astype(np.float32).astype(np.float64)
+    points = np.rint((DIS_MM * np.tanh(support - query_code) + origin * 3.0) / 3.0)
+    clamped_low = clamped_high = moved_in_last_step = False
+    for _ in range(2):
+        start = np.clip(points, PAD, PAD + SIZE - 1)
+        clamped_low |= bool(np.any(points < PAD))
+        clamped_high |= bool(np.any(points > PAD + SIZE - 1))
+        codes = code(start).astype(np.float32).astype(np.float64)
+        moved = np.rint(start + DIS_MM * np.tanh(support - codes) / 3.0)
+        moved_in_last_step = not np.array_equal(moved, points)
+        points = moved
+    assert clamped_low and clamped_high and moved_in_last_step
+    got = np.concatenate([located[c][0].reshape(-1, 3) for c in (1, 2, 3)])
+    np.testing.assert_array_equal(got, points - PAD)
+
+
+def test_refinement_matches_at_most_batch_size_points_at_a_time(monkeypatch):
+    """Points that share search patches are matched in chunks of ``batch_size``, each once."""
+    query = scan(3)
+    padded = pad(medlam_image(query, "linear").array)
+    loc = Localizer(Oracle(query), "cpu", feature_scales=("feature0",), batch_size=2)
+    points = np.array([[36, 37, 38]] * 3 + [[40, 39, 38]] * 2 + [[35, 41, 36]])
+    templates = {"feature0": torch.arange(6.0)[:, None, None, None, None].expand(6, 2, 2, 2, 2)}
+    matched = []
+    real = localizer_module.similarity_map
+
+    def recording(feats, batch, scales):
+        matched.append(batch["feature0"][:, 0, 0, 0, 0].tolist())
+        return real(feats, batch, scales)
+
+    monkeypatch.setattr(localizer_module, "similarity_map", recording)
+    found = loc._refine(padded, points, templates)
+    assert all(len(rows) <= 2 for rows in matched)
+    assert sorted(sum(matched, [])) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert found.shape == (6, 3) and found.dtype == np.int64
