@@ -438,6 +438,7 @@ def test_refinement_starts_from_the_clamped_points_of_the_organs_inside(monkeypa
         1: arms + [PAD - 1, 40, 36],  # one voxel into the padding at low z: clamped to 32
         2: arms + [PAD - 30, 36, 36],  # wholly below the image: not refined
         3: np.concatenate([arms + [38, top + 1, 35], arms + [41, 37, top]]),
+        4: arms + [36, 36, 37],
     }
     fcs = {c: np.zeros((len(p), 3)) for c, p in coarse.items()}
     templates = {
@@ -448,8 +449,13 @@ def test_refinement_starts_from_the_clamped_points_of_the_organs_inside(monkeypa
     loc.prototypes = _prototypes(fcs, feature_scales=SCALES)
     for c, proto in loc.prototypes.classes.items():
         proto.templates = {name: templates[name][c] for name in SCALES}
-    loc.coarse_points = lambda _: np.concatenate([coarse[c] for c in (1, 2, 3)])
     seen = {}
+
+    def hook(array):
+        seen.update(hooked=array)
+        return np.concatenate([coarse[c] for c in (1, 2, 3, 4)])
+
+    loc.coarse_points = hook
 
     def fake_refine(array, start, temps):
         seen.update(array=array, start=start.copy(), templates=temps)
@@ -458,18 +464,20 @@ def test_refinement_starts_from_the_clamped_points_of_the_organs_inside(monkeypa
     monkeypatch.setattr(loc, "_refine", fake_refine)
     located = loc.locate(medlam_image(query, "linear"))
     np.testing.assert_array_equal(seen["array"], padded)
-    start = np.concatenate([np.clip(coarse[1], PAD, top), np.clip(coarse[3], PAD, top)])
+    np.testing.assert_array_equal(seen["hooked"], padded)
+    start = np.concatenate([np.clip(coarse[c], PAD, top) for c in (1, 3, 4)])
     np.testing.assert_array_equal(seen["start"], start)
     assert seen["start"][0].tolist() == [32, 40, 36]  # (31, 40, 36) clamped
     assert sorted(seen["templates"]) == sorted(SCALES)
     for k, name in enumerate(SCALES):
         values = seen["templates"][name][:, 0, 0, 0, 0].tolist()
-        assert values == [10.0 + k] * 6 + [30.0 + k] * 12
+        assert values == [10.0 + k] * 6 + [30.0 + k] * 12 + [40.0 + k] * 6
     moved = start + np.arange(len(start))[:, None] * [1, 0, -1] - PAD
     np.testing.assert_array_equal(located[1][0], moved[:6].reshape(1, 6, 3))
-    np.testing.assert_array_equal(located[3][0], moved[6:].reshape(2, 6, 3))
+    np.testing.assert_array_equal(located[3][0], moved[6:18].reshape(2, 6, 3))
+    np.testing.assert_array_equal(located[4][0], moved[18:].reshape(1, 6, 3))
     np.testing.assert_array_equal(located[2][0], (coarse[2] - PAD).reshape(1, 6, 3))
-    assert [located[c][1] for c in (1, 2, 3)] == [True, False, True]
+    assert [located[c][1] for c in (1, 2, 3, 4)] == [True, False, True, True]
     # without feature scales nothing is refined
     plain = Localizer(Oracle(query), "cpu", feature_scales=(), interpolation="linear")
     plain.prototypes = _prototypes(fcs)
@@ -554,15 +562,31 @@ def test_spl_parts_are_sorted_along_the_slice_axis_unless_published():
     np.testing.assert_array_equal(kept.extreme_points, np.stack([upper, lower]))
 
 
-def test_boxes_are_clipped_and_raw_boxes_kept():
+def test_boxes_are_clipped_and_raw_boxes_kept(caplog):
     query = scan(4)
     points = plus((1, 10, 5)) + [-2, 0, 0]  # z -2..0, y 9..11: sticks out below z = 0
-    result = _hooked(query, points).predict(query)[1]
+    with caplog.at_level(logging.INFO, logger="medlsam.localization.localizer"):
+        result = _hooked(query, points).predict(query)[1]
     assert result.raw_boxes == (Box3D((-2, 9, 4), (0, 11, 6)),)
     assert result.boxes == (Box3D((0, 9, 4), (0, 11, 6)),) and result.inside
-    outside = _hooked(query, plus((1, 5, 5)) + [-10, 0, 0]).predict(query)[1]
+    assert "outside" not in caplog.text
+    with caplog.at_level(logging.INFO, logger="medlsam.localization.localizer"):
+        outside = _hooked(query, plus((1, 5, 5)) + [-10, 0, 0]).predict(query)[1]
     assert not outside.inside and outside.boxes == () and outside.raw_boxes == ()
     np.testing.assert_array_equal(outside.extreme_points, (plus((1, 5, 5)) + [-10, 0, 0])[None])
+    assert [r.getMessage() for r in caplog.records if "outside" in r.getMessage()] == [
+        "scan4: organ 1 is predicted outside the image"
+    ]
+
+
+def test_an_organ_outside_the_3mm_grid_stays_outside_on_thick_slices():
+    """4 slices of 7.5 mm are 10 of 3 mm (file slice = 3 mm slice / 3): an organ whose 3 mm box
+    ends at z = -1 lies outside the grid, although z = -1 rounds to file slice 0."""
+    query = scan(9, shape=(4, 8, 8), spacing=(7.5, 3.0, 3.0))
+    points = plus((-2, 4, 4))  # z -3..-1
+    result = _hooked(query, points).predict(query)[1]
+    assert not result.inside and result.boxes == ()
+    np.testing.assert_allclose(result.extreme_points[0], points * [1 / 3, 1, 1], atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,7 +704,9 @@ def test_prototypes_from_another_device_or_file_are_refused_naming_the_file(tmp_
     gpu = _made_for(loc, numerics={"device": "cuda", "precision": "fp16"})
     with pytest.raises(InputError, match="made with MedLAM on cuda in fp16, this run uses cpu"):
         loc.use_prototypes(gpu, "gpu.pt", [1])
-    path = _made_for(loc).save(tmp_path / "p.pt")
+    loc.use_prototypes(_made_for(loc), "p.pt")
+    path = loc.save_prototypes(tmp_path / "p.pt")
+    assert path == tmp_path / "p.pt" and list(Prototypes.load(path).classes) == [1, 2, 3]
     with pytest.raises(InputError) as err:
         loc.load_prototypes(path, [1, 9])
     assert str(err.value).startswith(f"{path}: prototypes have no organ [9]")
