@@ -502,7 +502,7 @@ def _hooked(query: Volume, points: np.ndarray, groups: int = 1, **kw) -> Localiz
     return loc
 
 
-def test_points_go_back_to_the_file_by_the_exact_grid_ratio_or_as_published(tmp_path):
+def test_points_go_back_to_the_file_by_the_exact_grid_ratio_or_as_published():
     """A scan of 10 slices of 1.5 mm along z has 5 slices of 3 mm: the exact grid ratio maps 3 mm
     slice z to file slice 9 z / 4; the published code multiplies by 1 / zoom_factor = 2 and
     rounds. The file's axes are the LAS grid's (i = z, j = y, k = x)."""
