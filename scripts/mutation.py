@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT_FILE = ROOT / "scripts" / "mutation_equivalent.txt"
 
 #: module name -> (source file, test files (or test ids) that exercise it). The coordinate chain
-#: comes first. matching and prototypes run their hand-made tests only: test_localize's tests
-#: that fit a network take minutes per surviving mutant on two shared cores.
+#: comes first. matching, prototypes and localizer run their hand-made tests (and test_localize's
+#: fast ones) only: test_localize's tests that fit a MedLAM take minutes per surviving mutant
+#: on two shared cores.
 MODULES: dict[str, tuple[str, list[str]]] = {
     "volume": (
         "medlsam/volume.py",
@@ -93,7 +94,20 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "localizer": (
         "medlsam/localization/localizer.py",
-        ["tests/pipeline/test_golden_chain.py", "tests/localization/test_localize.py"],
+        [
+            "tests/localization/test_golden_localizer.py",
+            "tests/pipeline/test_golden_chain.py",
+            *(
+                f"tests/localization/test_localize.py::{name}"
+                for name in (
+                    "test_refinement_recovers_a_pure_shift",
+                    "test_shared_search_patches_recover_a_pure_shift_with_fewer_patches",
+                    "test_more_rdr_steps_converge_on_the_target",
+                    "test_rdr_steps_stop_once_no_point_moves",
+                    "test_rdr_steps_must_be_positive",
+                )
+            ),
+        ],
     ),
     "prototypes": (
         "medlsam/localization/prototypes.py",
