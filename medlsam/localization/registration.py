@@ -53,6 +53,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,6 +261,8 @@ class RegistrationLocalizer:
         class_names: organ names for messages.
         refine: ``organ`` (a local translation per organ after the global affine), ``both``
             (each support's organ mask before and after it, both fused) or ``none``.
+        threads: organs searched at once by ``refine`` (default: SimpleITK's global number
+            of threads, the machine's cores unless set).
     """
 
     name = "registration"
@@ -274,6 +277,7 @@ class RegistrationLocalizer:
         iterations: int = 100,
         class_names: dict[int, str] | None = None,
         refine: str = "both",
+        threads: int | None = None,
     ) -> None:
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
@@ -283,6 +287,7 @@ class RegistrationLocalizer:
         self.slice_interval = slice_interval
         self.fusion = fusion
         self.refine = refine
+        self.threads = int(threads or sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
         self.seed = int(seed)
         self.iterations = int(iterations)
         self.class_names = dict(class_names or {})
@@ -380,6 +385,25 @@ class RegistrationLocalizer:
         score = self._after_score(query, fixed, moving, affine)
         return Match(atlas.name, affine, search, score, time.perf_counter() - began)
 
+    def refine_organs(
+        self,
+        query: np.ndarray,
+        q_frame: Frame,
+        atlas: _Atlas,
+        transform: sitk.Transform,
+        masks: dict[int, np.ndarray],
+    ) -> dict[int, np.ndarray]:
+        """:meth:`refine_organ` of every organ in ``masks``, the organs in parallel threads
+        (SimpleITK releases the GIL; each search runs on one thread, so its result does not
+        depend on the machine's core count)."""
+        workers = max(1, min(len(masks), self.threads))
+        with ThreadPoolExecutor(workers) as pool:
+            futures = {
+                c: pool.submit(self.refine_organ, query, q_frame, atlas, transform, mask, c)
+                for c, mask in masks.items()
+            }
+            return {c: future.result() for c, future in futures.items()}
+
     def refine_organ(
         self,
         query: np.ndarray,
@@ -416,6 +440,7 @@ class RegistrationLocalizer:
         share = min(1.0, LOCAL_SAMPLES / roi.size)
         for steps, voxels in LOCAL_STEPS:
             method = sitk.ImageRegistrationMethod()
+            method.SetNumberOfThreads(1)
             method.SetMetricAsMattesMutualInformation(32)
             method.SetMetricSamplingStrategy(method.RANDOM if share < 1 else method.NONE)
             method.SetMetricSamplingPercentage(share, self.seed)
@@ -478,17 +503,17 @@ class RegistrationLocalizer:
                 continue
             began = time.perf_counter()
             warped = self.warp_labels(atlas, q_frame, grid.array.shape, match.transform)
-            for c in self.classes:
-                mask = warped == c
-                if not mask.any():
-                    continue
+            masks = {c: warped == c for c in self.classes}
+            del warped
+            masks = {c: m for c, m in masks.items() if m.any()}
+            moved = {}
+            if self.refine != "none":
+                moved = self.refine_organs(grid.array, q_frame, atlas, match.transform, masks)
+            for c, mask in masks.items():
                 if self.refine != "organ":
                     gathered[c].add(mask)
-                if self.refine != "none":
-                    moved = self.refine_organ(grid.array, q_frame, atlas, match.transform, mask, c)
-                    if moved.any():
-                        gathered[c].add(moved)
-            del warped
+                if c in moved and moved[c].any():
+                    gathered[c].add(moved[c])
             match.seconds += time.perf_counter() - began
         return gathered
 

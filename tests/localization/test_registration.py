@@ -177,6 +177,36 @@ def test_both_fuses_the_global_and_the_moved_mask():
     assert ious["organ"] > ious["both"], ious
 
 
+def test_organ_searches_in_parallel_equal_the_sequential_ones():
+    """The organs' local searches run in threads, one SimpleITK thread each: the moved masks
+    equal one-by-one :meth:`refine_organ` calls, whatever the number of threads."""
+    supports = [make_ct(shape=(40, 36, 40), seed=s) for s in (0, 2)]
+    query, _ = _organ2_moved(4)
+    grid = medlam_image(query, "linear")
+    frame = Frame.of(query, grid)
+    results = []
+    for threads in (1, 2, 3):
+        loc = RegistrationLocalizer(refine="organ", threads=threads)
+        loc.fit(supports, [1, 2])
+        assert loc.threads == threads
+        for atlas in loc.atlases:
+            match = loc.register(grid.array, frame, atlas)
+            warped = loc.warp_labels(atlas, frame, grid.array.shape, match.transform)
+            masks = {c: warped == c for c in (1, 2)}
+            moved = loc.refine_organs(grid.array, frame, atlas, match.transform, masks)
+            assert list(moved) == [1, 2]
+            for c, mask in masks.items():
+                alone = loc.refine_organ(grid.array, frame, atlas, match.transform, mask, c)
+                np.testing.assert_array_equal(moved[c], alone)
+            results.append(moved)
+    per_run = len(supports)
+    for k in range(per_run):
+        for run in (1, 2):
+            for c in (1, 2):
+                np.testing.assert_array_equal(results[run * per_run + k][c], results[k][c])
+    assert RegistrationLocalizer().threads == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+
+
 def test_gathered_points_fuse_as_the_full_masks_did(monkeypatch):
     """Each warped mask is reduced to its points (and a vote count for ``vote`` only) on
     arrival; the fused points equal those of the kept full-size masks (3 supports, each
