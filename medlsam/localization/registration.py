@@ -51,6 +51,7 @@ support places inside the query is ``inside=False`` with one warning line.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -219,6 +220,7 @@ def _slice_centres(mask: np.ndarray) -> np.ndarray:
 def _mi_method(shares: list[float], seed: int, iterations: int, step: float):
     """A Mattes-MI (32 bins) affine registration with random samples, ``shares`` per level."""
     method = sitk.ImageRegistrationMethod()
+    method.SetNumberOfThreads(1)  # supports run in parallel threads (see support_organs)
     method.SetMetricAsMattesMutualInformation(32)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentagePerLevel(shares, seed)
@@ -261,8 +263,10 @@ class RegistrationLocalizer:
         class_names: organ names for messages.
         refine: ``organ`` (a local translation per organ after the global affine), ``both``
             (each support's organ mask before and after it, both fused) or ``none``.
-        threads: organs searched at once by ``refine`` (default: SimpleITK's global number
-            of threads, the machine's cores unless set).
+        threads: supports registered at once, and organs searched at once by ``refine``
+            (default: SimpleITK's global number of threads, the machine's cores unless set).
+            Each registration and each search runs on one SimpleITK thread (SimpleITK
+            releases the GIL), so results do not depend on the number of cores.
     """
 
     name = "registration"
@@ -392,11 +396,11 @@ class RegistrationLocalizer:
         atlas: _Atlas,
         transform: sitk.Transform,
         masks: dict[int, np.ndarray],
+        workers: int | None = None,
     ) -> dict[int, np.ndarray]:
-        """:meth:`refine_organ` of every organ in ``masks``, the organs in parallel threads
-        (SimpleITK releases the GIL; each search runs on one thread, so its result does not
-        depend on the machine's core count)."""
-        workers = max(1, min(len(masks), self.threads))
+        """:meth:`refine_organ` of every organ in ``masks``, ``workers`` (default
+        :attr:`threads`) organs at a time in parallel threads."""
+        workers = max(1, min(len(masks), workers or self.threads))
         with ThreadPoolExecutor(workers) as pool:
             futures = {
                 c: pool.submit(self.refine_organ, query, q_frame, atlas, transform, mask, c)
@@ -495,12 +499,14 @@ class RegistrationLocalizer:
             raise RuntimeError("RegistrationLocalizer has no supports: call fit() first")
         count = "vote" in (fusions or (self.fusion,))
         gathered = {c: Gathered(self.splits[c], count) for c in self.classes}
-        self.last_matches = []
-        for atlas in self.atlases:
+        lock = threading.Lock()
+        outer = max(1, min(self.threads, len(self.atlases)))
+        inner = max(1, self.threads // outer)
+
+        def one(atlas: _Atlas) -> Match:
             match = self.register(grid.array, q_frame, atlas)
-            self.last_matches.append(match)
             if not match.matched:
-                continue
+                return match
             began = time.perf_counter()
             warped = self.warp_labels(atlas, q_frame, grid.array.shape, match.transform)
             masks = {c: warped == c for c in self.classes}
@@ -508,13 +514,20 @@ class RegistrationLocalizer:
             masks = {c: m for c, m in masks.items() if m.any()}
             moved = {}
             if self.refine != "none":
-                moved = self.refine_organs(grid.array, q_frame, atlas, match.transform, masks)
-            for c, mask in masks.items():
-                if self.refine != "organ":
-                    gathered[c].add(mask)
-                if c in moved and moved[c].any():
-                    gathered[c].add(moved[c])
+                moved = self.refine_organs(
+                    grid.array, q_frame, atlas, match.transform, masks, inner
+                )
+            with lock:  # medians and vote counts do not depend on the order of arrival
+                for c, mask in masks.items():
+                    if self.refine != "organ":
+                        gathered[c].add(mask)
+                    if c in moved and moved[c].any():
+                        gathered[c].add(moved[c])
             match.seconds += time.perf_counter() - began
+            return match
+
+        with ThreadPoolExecutor(outer) as pool:
+            self.last_matches = list(pool.map(one, self.atlases))
         return gathered
 
     def fuse(

@@ -207,6 +207,30 @@ def test_organ_searches_in_parallel_equal_the_sequential_ones():
     assert RegistrationLocalizer().threads == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
 
 
+def test_supports_registered_in_parallel_give_the_same_points():
+    """Supports are registered in parallel threads (one SimpleITK thread each): the gathered
+    points, vote counts and matches are the same for 1, 2 and 3 threads, matches in support
+    order."""
+    supports = [make_ct(shape=(40, 36, 40), seed=s) for s in (0, 2, 3)]
+    query, _ = _organ2_moved(4)
+    grid = medlam_image(query, "linear")
+    frame = Frame.of(query, grid)
+    runs = []
+    for threads in (1, 2, 3):
+        loc = RegistrationLocalizer(refine="both", threads=threads)
+        loc.fit(supports, [1, 2])
+        runs.append((loc.support_organs(grid, frame, ("vote",)), loc.last_matches))
+    for gathered, matches in runs[1:]:
+        assert [m.support for m in matches] == [m.support for m in runs[0][1]]
+        assert [m.score for m in matches] == [m.score for m in runs[0][1]]
+        for c in (1, 2):
+            first = runs[0][0][c]
+            key = lambda p: p.tobytes()  # noqa: E731 (arrival order may differ)
+            assert sorted(map(key, gathered[c].points)) == sorted(map(key, first.points))
+            assert len(gathered[c].points) == 6
+            np.testing.assert_array_equal(gathered[c].votes, first.votes)
+
+
 def test_gathered_points_fuse_as_the_full_masks_did(monkeypatch):
     """Each warped mask is reduced to its points (and a vote count for ``vote`` only) on
     arrival; the fused points equal those of the kept full-size masks (3 supports, each
