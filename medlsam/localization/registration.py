@@ -266,7 +266,7 @@ class RegistrationLocalizer:
         threads: supports registered at once, and organs searched at once by ``refine``
             (default: SimpleITK's global number of threads, the machine's cores unless set).
             Each registration and each search runs on one SimpleITK thread (SimpleITK
-            releases the GIL), so results do not depend on the number of cores.
+            releases the GIL), so the work is split the same way on every machine.
     """
 
     name = "registration"

@@ -209,8 +209,9 @@ def test_organ_searches_in_parallel_equal_the_sequential_ones():
 
 def test_supports_registered_in_parallel_give_the_same_points():
     """Supports are registered in parallel threads (one SimpleITK thread each): the gathered
-    points, vote counts and matches are the same for 1, 2 and 3 threads, matches in support
-    order."""
+    points and vote counts are the same for 1, 2 and 3 threads, matches in support order.
+    (Match scores agree to 1e-6 only: ITK's metric sums differ in the last float bits even
+    between two single-threaded runs.)"""
     supports = [make_ct(shape=(40, 36, 40), seed=s) for s in (0, 2, 3)]
     query, _ = _organ2_moved(4)
     grid = medlam_image(query, "linear")
@@ -222,7 +223,9 @@ def test_supports_registered_in_parallel_give_the_same_points():
         runs.append((loc.support_organs(grid, frame, ("vote",)), loc.last_matches))
     for gathered, matches in runs[1:]:
         assert [m.support for m in matches] == [m.support for m in runs[0][1]]
-        assert [m.score for m in matches] == [m.score for m in runs[0][1]]
+        np.testing.assert_allclose(
+            [m.score for m in matches], [m.score for m in runs[0][1]], rtol=1e-6
+        )
         for c in (1, 2):
             first = runs[0][0][c]
             key = lambda p: p.tobytes()  # noqa: E731 (arrival order may differ)
