@@ -256,8 +256,6 @@ def _localize_config(
     prototypes file) is named, else registration."""
     fusion = reader.choice("localize", "fusion", "median", REGISTRATION_FUSIONS)
     refine = reader.choice("localize", "refine", "both", REGISTRATION_REFINES)
-    if "refine" in reader.raw.get("localize", {}) and reader.get("localize", "refine") is None:
-        refine = "none"  # the reader reads ``none`` as no value; here it is not the default
     if reader.get("localize", "method") is not None:
         method = reader.choice("localize", "method", "medlam", LOCALIZE_METHODS)
         return LocalizeConfig(method, "config", fusion, refine)

@@ -162,6 +162,12 @@ class SectionReader:
         return value
 
     def choice(self, section: str, key: str, default: str, options: tuple[str, ...]) -> str:
+        """One of ``options`` (any case), ``default`` when the key is unset. A key written as
+        ``none`` (or left empty) reads as no value; where ``none`` is an option, it is that
+        option rather than the default."""
+        written = self.raw.get(section, {})
+        if "none" in options and key in written and written[key] is None:
+            return "none"
         value = self.get(section, key, default)
         text = str(value)
         match = {o.lower(): o for o in options}.get(text.lower())
