@@ -159,6 +159,8 @@ def table(title: str, scores: list, names: dict[int, str]) -> tuple[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medlsam.config import LOCALIZE_METHODS, REGISTRATION_FUSIONS, REGISTRATION_REFINES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint", type=Path, default=ROOT / "medlsam" / "data" / "medlam_demo.pth"
@@ -180,18 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--method",
-        choices=("medlam", "registration"),
+        choices=LOCALIZE_METHODS,
         default="medlam",
         help="localizer: MedLAM with --checkpoint (default) or weight-free registration",
     )
     parser.add_argument(
         "--fusion",
-        choices=("median", "vote", "both"),
+        choices=(*REGISTRATION_FUSIONS, "both"),
         default="median",
         help="registration only (both: each fusion on the same registrations)",
     )
     parser.add_argument(
-        "--refine", choices=("none", "organ", "both"), default="both", help="registration only"
+        "--refine", choices=REGISTRATION_REFINES, default="both", help="registration only"
     )
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--cohorts-only", action="store_true", help="only write the cohorts")

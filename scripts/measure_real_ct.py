@@ -254,12 +254,14 @@ def tables(results: dict[str, dict], queries) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medlsam.config import REGISTRATION_REFINES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ct-dir", type=Path, default=CT_DIR)
     parser.add_argument("--out", type=Path, default=ROOT / "result" / "measure_real_ct")
     parser.add_argument("--methods", default="medlam,registration")
     parser.add_argument(
-        "--refine", choices=("none", "organ", "both"), default="both", help="registration only"
+        "--refine", choices=REGISTRATION_REFINES, default="both", help="registration only"
     )
     parser.add_argument(
         "--reuse",

@@ -26,9 +26,11 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medlsam.config import REGISTRATION_REFINES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supports", type=int, default=5)
-    parser.add_argument("--refine", choices=("none", "organ", "both"), default="none")
+    parser.add_argument("--refine", choices=REGISTRATION_REFINES, default="none")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from medlsam.config import load_config

@@ -184,11 +184,12 @@ def test_organ_searches_in_parallel_equal_the_sequential_ones():
     query, _ = _organ2_moved(4)
     grid = medlam_image(query, "linear")
     frame = Frame.of(query, grid)
-    results = []
+    results: dict[int, list[dict[int, np.ndarray]]] = {}
     for threads in (1, 2, 3):
         loc = RegistrationLocalizer(refine="organ", threads=threads)
         loc.fit(supports, [1, 2])
         assert loc.threads == threads
+        results[threads] = []
         for atlas in loc.atlases:
             match = loc.register(grid.array, frame, atlas)
             warped = loc.warp_labels(atlas, frame, grid.array.shape, match.transform)
@@ -198,12 +199,11 @@ def test_organ_searches_in_parallel_equal_the_sequential_ones():
             for c, mask in masks.items():
                 alone = loc.refine_organ(grid.array, frame, atlas, match.transform, mask, c)
                 np.testing.assert_array_equal(moved[c], alone)
-            results.append(moved)
-    per_run = len(supports)
-    for k in range(per_run):
-        for run in (1, 2):
+            results[threads].append(moved)
+    for threads in (2, 3):
+        for moved, first in zip(results[threads], results[1], strict=True):
             for c in (1, 2):
-                np.testing.assert_array_equal(results[run * per_run + k][c], results[k][c])
+                np.testing.assert_array_equal(moved[c], first[c])
     assert RegistrationLocalizer().threads == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
 
 
