@@ -20,12 +20,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from medlsam.config import BoxMode
 from medlsam.errors import InputError
+
+if TYPE_CHECKING:  # torch only for the prototypes file: registration workers never load it
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +254,8 @@ class Prototypes:
             "meta": {str(k): str(v) for k, v in self.meta.items()},
             "numerics": {str(k): str(v) for k, v in self.numerics.items()},
         }
+        import torch
+
         buffer = _io.BytesIO()
         torch.save(payload, buffer)
         return buffer.getvalue()
@@ -271,6 +276,8 @@ class Prototypes:
     def from_bytes(cls, data: bytes, path: str | os.PathLike[str] = "prototypes") -> Prototypes:
         """Prototypes from the content of a file (``path`` names it in errors)."""
         import io as _io
+
+        import torch
 
         try:
             raw = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
