@@ -101,10 +101,14 @@ def localize_cohort(
     loc.fit([(read_image(i), read_label(lab)) for i, lab in supports], classes)
     fit_patches = loc.stats["patches"]
     began, cpu = time.perf_counter(), time.process_time()
+    workers_cpu = 0.0  # registration pairs that ran in worker processes
     scores: dict[str, list] = {f: [] for f in fusions}
     for image_path, label_path in queries:
         image, label = read_image(image_path), read_label(label_path)
-        for f, boxes in _query_boxes(loc, image, fusions).items():
+        found = _query_boxes(loc, image, fusions)
+        if method == "registration" and loc.pair_workers() > 1:
+            workers_cpu += sum(m.cpu for m in loc.last_matches)
+        for f, boxes in found.items():
             scores[f] += [
                 score_organ(
                     case_name(image_path),
@@ -119,7 +123,7 @@ def localize_cohort(
         "query_patches": loc.stats["patches"] - fit_patches,
         "queries": len(queries),
         "seconds_per_query": (time.perf_counter() - began) / max(len(queries), 1),
-        "cpu_per_query": (time.process_time() - cpu) / max(len(queries), 1),
+        "cpu_per_query": (time.process_time() - cpu + workers_cpu) / max(len(queries), 1),
     }
     return scores, work
 

@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         make_cohort(Path(tmp), args.supports + 1, args.supports, seed=7)
         data = load_config(Path(tmp) / "config.txt").data
-        loc = RegistrationLocalizer(refine=args.refine)
+        loc = RegistrationLocalizer(refine=args.refine, workers=1)  # tracemalloc sees this process
         pairs = zip(data.support_images, data.support_labels, strict=True)
         loc.fit([(read_image(i), read_label(lab)) for i, lab in pairs], list(data.fg_class))
         query = read_image(data.query_images[0])
     grid = medlam_image(query, "linear")
     frame = Frame.of(query, grid)
-    matches = {id(a): loc.register(grid.array, frame, a) for a in loc.atlases}
-    loc.register = lambda q, f, atlas: matches[id(atlas)]  # the same registrations again
+    matches = {id(a): loc.registrar.register(grid.array, frame, a) for a in loc.atlases}
+    loc.registrar.register = lambda q, f, atlas, levels=None: matches[id(atlas)]  # again
     shape = tuple(n + 2 * PAD for n in grid.array.shape)
     print(
         f"{args.supports} supports, {len(loc.classes)} organs, refine {args.refine}, "

@@ -15,11 +15,16 @@ For each query and each support scan:
    shorter scan (and 3 slices) must overlap. A query that matches nowhere
    (best correlation below :data:`MIN_MATCH`) is "no match" for that support.
 3. **Affine.** SimpleITK, Mattes mutual information (32 bins, 20,000 random samples per level),
-   regular step gradient descent, 12 parameters, on two levels of the 3 mm grid shrunk to 12 mm
-   and 6 mm, the metric restricted to the query slices found to overlap. Mutual information
-   tolerates contrast-phase differences. (A 3 mm last level cost 1.7x the time for no better
-   boxes on a synthetic pair; a further per-organ local affine, 2.5x the time, gave none
-   either: box IoU 0.532 -> 0.542 on one pair.)
+   regular step gradient descent, 12 parameters, the metric restricted to the query slices
+   found to overlap; mutual information tolerates contrast-phase differences. Two levels,
+   each its own registration starting where the last ended, on both scans smoothed (Gaussian,
+   sigma half the factor) and shrunk to 12 mm, then 6 mm voxels
+   (:func:`~medlsam.localization.atlas.pyramid`): a support's levels are made once at
+   :meth:`~RegistrationLocalizer.fit`, a query's once per query. (ITK's own multi-resolution
+   driver smooths the full 3 mm images, and the moving image's gradient, again for every pair
+   and level: 2.5 of the 4.9 s of CPU of one pair's affine. A 3 mm last level cost 1.7x the
+   time for no better boxes on a synthetic pair; a further per-organ local affine, 2.5x the
+   time, gave none either: box IoU 0.532 -> 0.542 on one pair.)
    A registration that raises, or ends with a scale outside ``[0.5, 2]``, is a
    :class:`RegistrationError` (the case fails with that reason). The correlation inside the
    query's body after the affine must again reach :data:`MIN_MATCH`, else "no match".
@@ -32,7 +37,7 @@ For each query and each support scan:
    that follows the wrong structure (an organ whose surroundings share its intensities) is
    outvoted rather than taken; ``organ`` keeps only the moved mask, ``none`` only the
    global one. Mean box IoU on 12 synthetic queries (5 supports, median fusion): ``none``
-   0.677, ``organ`` 0.702, ``both`` 0.707 (the pancreas: 0.778, 0.629, 0.767).
+   0.660, ``organ`` 0.700, ``both`` 0.703 (the pancreas: 0.733, 0.599, 0.719).
 4. **Labels.** Each organ's support label is warped to the query's grid, padded by 32 voxels as
    MedLAM's is (nearest neighbour), so an organ partly outside the field of view keeps its
    shape; its six extreme points (WPL) or SPL split points are taken as MedLAM takes a
@@ -41,8 +46,18 @@ For each query and each support scan:
    i.e. of the box corners; the default) or ``vote`` (points of the voxels that at least half
    of the warped labels give the organ). Each warped mask is reduced on arrival to its points
    (and, for ``vote``, to a per-voxel count of masks), so memory does not grow with the
-   number of supports. With ``refine = both`` and 5 supports, mean box IoU 0.707 (median) vs
-   0.695 (vote) on 12 synthetic queries.
+   number of supports. With ``refine = both`` and 5 supports, mean box IoU 0.703 (median) vs
+   0.688 (vote) on 12 synthetic queries.
+
+**Workers.** The pairs run in worker processes (``workers``, default one per CPU this process
+may use, at most one per support; SimpleITK keeps the GIL, so threads would run one
+registration at a time): each support's global affine is one task, and as soon as it is done,
+its organs' warping, local searches and reduction are a second task, so the cores stay busy
+to the end of a query. The per-pair code (:mod:`medlsam.localization.atlas`) runs on one ITK
+thread, so its results do not change from run to run nor with the number of workers
+(tested). The pool is started once per process and kept (:func:`worker_pool`). A script that
+uses this localizer must start from ``if __name__ == "__main__":``, since the workers are
+spawned and import it (or pass ``workers=1``).
 
 Boxes go back to the query file's voxels exactly as MedLAM's do. An organ that no matching
 support places inside the query is ``inside=False`` with one warning line.
@@ -51,203 +66,81 @@ support places inside the query is ``inside=False`` with one warning line.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
 import threading
-import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
-import SimpleITK as sitk
-from scipy import ndimage
 
 from medlsam.boxes import Box3D, OrganBoxes, box_overlaps, group_box
 from medlsam.config import BoxMode
 from medlsam.errors import InputError, RegistrationError
 from medlsam.io import Volume, same_grid
+from medlsam.localization.atlas import (  # noqa: F401 (Frame, axis_search: public names)
+    MIN_MATCH,
+    REFINES,
+    Atlas,
+    Frame,
+    Level,
+    Match,
+    Placed,
+    Reduced,
+    Registrar,
+    axis_search,
+    one_itk_thread,
+    pyramid,
+)
 from medlsam.localization.prototypes import bounding_box, split_count, support_points
-from medlsam.preprocess import PAD, MedlamInput, medlam_image, medlam_label
+from medlsam.preprocess import PAD, MedlamInput, medlam_image
 
 logger = logging.getLogger(__name__)
 
-#: Normalised cross-correlation inside the query's body below which a support does not match.
-MIN_MATCH = 0.2
-#: Medlam-normalised value above which a voxel is body (about -500 HU).
-BODY_LEVEL = 0.125
-#: Scales an affine may reach before it counts as not converged.
-SCALE_RANGE = (0.5, 2.0)
 FUSIONS = ("median", "vote")
-REFINES = ("none", "organ", "both")
-#: Margin (3 mm voxels) around an organ's warped box that its local search looks at.
-LOCAL_MARGIN = 5
-#: Voxels (3 mm) around the support's organ that its local metric looks at (0: no limit).
-LOCAL_SHELL = 3
-#: Exhaustive local search, coarse to fine: (steps each way per axis, 3 mm voxels per step).
-LOCAL_STEPS = ((2, 2), (1, 1))
-#: Random samples of the local metric (fewer query voxels: all of them).
-LOCAL_SAMPLES = 8000
-#: Fewest query voxels the local region must hold (else the global affine stands).
-LOCAL_MIN_VOXELS = 200
-#: Levels of the global affine (shrink factors of the 3 mm grid: 12 mm, then 6 mm).
-SHRINK = [4, 2]
-#: Random samples of the global metric per level.
-SAMPLES = 20_000
-#: In-plane block size of the body-axis search (2 -> 6 mm).
-SEARCH_BLOCK = 2
+
+_pool: ProcessPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
 
 
-@dataclass(frozen=True)
-class Frame:
-    """A 3 mm LAS grid in LAS millimetres: ``p = origin + spacing * (x, y, z)`` (SimpleITK
-    order, index ``(x, y, z)`` of the ``(z, y, x)`` array)."""
-
-    origin: np.ndarray
-    spacing: np.ndarray
-
-    @classmethod
-    def of(cls, volume: Volume, grid: MedlamInput) -> Frame:
-        """The frame of ``grid`` (the 3 mm LAS view of ``volume``) from ``volume``'s affine."""
-        zyx = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=np.float64)
-        world = volume.to_world(grid.to_file_index(zyx)) * np.array([-1.0, 1.0, 1.0])  # RAS->LAS
-        spacing = np.abs(np.diag(world[1:] - world[0])).copy()
-        spacing = np.where(spacing > 1e-6, spacing, 3.0)
-        return cls(world[0], spacing)
-
-    def image(self, array: np.ndarray, pad: int = 0, start: np.ndarray | None = None) -> sitk.Image:
-        """``array`` on this frame, padded by ``pad`` voxels, or a crop whose first voxel is
-        ``start`` ``(z, y, x)``."""
-        img = sitk.GetImageFromArray(np.pad(array, pad) if pad else array)
-        img.SetSpacing(self.spacing.tolist())
-        first = -pad if start is None else np.asarray(start, dtype=np.float64)[::-1]
-        img.SetOrigin((self.origin + first * self.spacing).tolist())
-        return img
+def default_workers() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
-@dataclass
-class _Atlas:
-    """One support scan on its 3 mm LAS grid."""
-
-    name: str
-    image: np.ndarray  # (Z, Y, X) float32, medlam-normalised
-    label: np.ndarray  # (Z, Y, X) int32, requested classes only
-    frame: Frame
-
-
-@dataclass
-class Match:
-    """How one support met one query: the transform (query mm -> support mm) and its scores."""
-
-    support: str
-    transform: sitk.Transform | None
-    search_score: float
-    score: float
-    seconds: float
-
-    @property
-    def matched(self) -> bool:
-        return self.transform is not None and self.score >= MIN_MATCH
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """The process pool of the registrations, ``workers`` processes, started on first use and
+    kept for the process (spawned: never fork a process that runs torch's threads); another
+    number of ``workers`` replaces it."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False, cancel_futures=True)
+            context = multiprocessing.get_context("spawn")
+            _pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start)
+            _pool_size = workers
+        return _pool
 
 
-def body_mask(array: np.ndarray) -> np.ndarray:
-    """Body voxels of a medlam-normalised ``(Z, Y, X)`` array (per-slice holes filled)."""
-    mask = array > BODY_LEVEL
-    for z in range(mask.shape[0]):
-        mask[z] = ndimage.binary_fill_holes(mask[z])
-    return mask
+def _worker_start() -> None:
+    """In each worker: Ctrl-C is for the main process, which stops the run cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _blocks(array: np.ndarray, block: int) -> np.ndarray:
-    """Mean over ``block x block`` in-plane blocks of a ``(Z, Y, X)`` array (edges cropped)."""
-    z, y, x = array.shape
-    y, x = y // block * block, x // block * block
-    a = array[:, :y, :x].reshape(z, y // block, block, x // block, block)
-    return a.mean(axis=(2, 4))
-
-
-def ncc(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalised cross-correlation of two equal-size value sets (0 when either is flat)."""
-    a = a - a.mean()
-    b = b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 1e-12 else 0.0
-
-
-def axis_search(query: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, float]:
-    """Best offset of ``support`` against ``query`` (both ``(Z, Y, X)`` on ~3 mm grids).
-
-    Returns ``(offset, score)``: ``offset`` ``(dz, dy, dx)`` in 3 mm voxels such that query
-    voxel ``v`` meets support voxel ``v + offset``, and the correlation inside the query's body
-    over the overlap (``-1`` when no offset overlaps enough).
-    """
-    b = SEARCH_BLOCK
-    q, s = _blocks(query, b), _blocks(support, b)
-    qb, sb = body_mask(q), body_mask(s)
-    q_centre = _slice_centres(qb)
-    s_centre = _slice_centres(sb)
-    nq, ns = len(q), len(s)
-    need = max(3, int(np.ceil(0.5 * min(nq, ns))))
-    pad = max(s.shape[1:])
-    s_pad = np.pad(s, ((0, 0), (pad, pad), (pad, pad)))
-    best, best_offset = -1.0, np.zeros(3)
-    for dz in range(-nq + need, ns - need + 1):
-        k0, k1 = max(0, -dz), min(nq, ns - dz)
-        qc, sc = q_centre[k0:k1], s_centre[k0 + dz : k1 + dz]
-        ok = np.isfinite(qc[:, 0]) & np.isfinite(sc[:, 0])
-        if ok.sum() < need:
-            continue
-        shift = np.rint((sc[ok] - qc[ok]).mean(axis=0)).astype(int)
-        y0, x0 = pad + shift[0], pad + shift[1]
-        window = s_pad[k0 + dz : k1 + dz, y0 : y0 + q.shape[1], x0 : x0 + q.shape[2]]
-        if window.shape != q[k0:k1].shape:
-            continue
-        inside = qb[k0:k1]
-        score = ncc(q[k0:k1][inside], window[inside])
-        if score > best:
-            best, best_offset = score, np.array([dz, shift[0] * b, shift[1] * b], dtype=float)
-    return best_offset, best
-
-
-def _slice_centres(mask: np.ndarray) -> np.ndarray:
-    """In-plane centre ``(y, x)`` of each slice's body mask, NaN for empty slices."""
-    out = np.full((len(mask), 2), np.nan)
-    for z, plane in enumerate(mask):
-        ys, xs = np.nonzero(plane)
-        if ys.size >= 4:
-            out[z] = ys.mean(), xs.mean()
-    return out
-
-
-def _mi_method(shares: list[float], seed: int, iterations: int, step: float):
-    """A Mattes-MI (32 bins) affine registration with random samples, ``shares`` per level."""
-    method = sitk.ImageRegistrationMethod()
-    method.SetNumberOfThreads(1)  # supports run in parallel threads (see support_organs)
-    method.SetMetricAsMattesMutualInformation(32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentagePerLevel(shares, seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=step,
-        minStep=1e-3,
-        numberOfIterations=iterations,
-        gradientMagnitudeTolerance=1e-6,
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    return method
-
-
-def _moved(mask: np.ndarray, move: np.ndarray) -> np.ndarray:
-    """``mask`` read ``move`` voxels ``(z, y, x)`` further: ``out[v] = mask[v + move]``
-    (zero where that falls outside)."""
-    out = np.zeros_like(mask)
-    src = tuple(slice(max(m, 0), n + min(m, 0)) for m, n in zip(move, mask.shape, strict=True))
-    dst = tuple(slice(max(-m, 0), n - max(m, 0)) for m, n in zip(move, mask.shape, strict=True))
-    out[dst] = mask[src]
-    return out
-
-
-def _scales(transform: sitk.AffineTransform) -> np.ndarray:
-    return np.linalg.svd(np.array(transform.GetMatrix()).reshape(3, 3), compute_uv=False)
+def _discard_pool(pool: ProcessPoolExecutor) -> None:
+    """Forget a broken pool (the next :func:`worker_pool` starts a new one)."""
+    global _pool
+    with _pool_lock:
+        if _pool is pool:
+            _pool = None
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 class RegistrationLocalizer:
@@ -262,11 +155,9 @@ class RegistrationLocalizer:
         iterations: optimizer iterations per level.
         class_names: organ names for messages.
         refine: ``organ`` (a local translation per organ after the global affine), ``both``
-            (each support's organ mask before and after it, both fused) or ``none``.
-        threads: supports registered at once, and organs searched at once by ``refine``
-            (default: SimpleITK's global number of threads, the machine's cores unless set).
-            Each registration and each search runs on one SimpleITK thread (SimpleITK
-            releases the GIL), so the work is split the same way on every machine.
+            (each support's organ mask before and after it) or ``none``.
+        workers: processes running the pairs (default :func:`default_workers`; never more
+            than the supports); 1 runs them one after the other in this process.
     """
 
     name = "registration"
@@ -281,31 +172,50 @@ class RegistrationLocalizer:
         iterations: int = 100,
         class_names: dict[int, str] | None = None,
         refine: str = "both",
-        threads: int | None = None,
+        workers: int | None = None,
     ) -> None:
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
         if refine not in REFINES:
             raise ValueError(f"refine must be one of {REFINES}, not {refine!r}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self.mode = BoxMode(mode)
         self.slice_interval = slice_interval
         self.fusion = fusion
-        self.refine = refine
-        self.threads = int(threads or sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
-        self.seed = int(seed)
-        self.iterations = int(iterations)
+        self.registrar = Registrar(int(seed), int(iterations), refine)
+        self.workers = int(workers or default_workers())
         self.class_names = dict(class_names or {})
-        self.atlases: list[_Atlas] = []
+        self.atlases: list[Atlas] = []
         self.classes: list[int] = []
         self.splits: dict[int, int] = {}
         self.last_matches: list[Match] = []
+
+    @property
+    def refine(self) -> str:
+        return self.registrar.refine
+
+    @property
+    def seed(self) -> int:
+        return self.registrar.seed
 
     def _organ(self, c: int) -> str:
         name = self.class_names.get(c)
         return f"organ {c} ({name})" if name else f"organ {c}"
 
+    def pair_workers(self) -> int:
+        """Processes the pairs run in: :attr:`workers`, at most one per support (1: this
+        process)."""
+        return min(self.workers, max(len(self.atlases), 1))
+
+    def _pool(self) -> ProcessPoolExecutor | None:
+        """The worker pool, or None to run the pairs in this process."""
+        workers = self.pair_workers()
+        return worker_pool(workers) if workers > 1 else None
+
     def fit(self, supports: Iterable[tuple[Volume, Volume]], classes: Sequence[int]) -> None:
-        """Keep each support pair on its 3 mm LAS grid (one full-resolution pair at a time).
+        """Keep each support pair on its 3 mm LAS grid (one full-resolution pair at a time),
+        and start the worker processes.
 
         Raises:
             InputError: no supports, a label off its image's grid, or an organ in no support.
@@ -319,9 +229,7 @@ class RegistrationLocalizer:
                     f"image {image.path or image.name} {image.shape} "
                     "(same shape and affine expected)"
                 )
-            grid = medlam_image(image, "linear")
-            lab = medlam_label(label, self.classes, grid)
-            atlases.append(_Atlas(image.name, grid.array, lab, Frame.of(image, grid)))
+            atlases.append(Atlas.of(image, label, self.classes))
         if not atlases:
             raise InputError("no support scans given (need support images and labels)")
         extents: dict[int, list[int]] = {c: [] for c in self.classes}
@@ -341,194 +249,105 @@ class RegistrationLocalizer:
             c: split_count(min(extents[c]), self.slice_interval, self.mode) for c in self.classes
         }
         self.atlases = atlases
+        pool = self._pool()
+        if pool is not None:  # start the workers while the first query is read
+            for _ in range(self.pair_workers()):
+                pool.submit(int)
 
     # ----------------------------------------------------------------------------------------
-
-    def register(self, query: np.ndarray, q_frame: Frame, atlas: _Atlas) -> Match:
-        """Register ``atlas`` to ``query`` (``(Z, Y, X)`` medlam-normalised on ``q_frame``)."""
-        began = time.perf_counter()
-        offset, search = axis_search(query, atlas.image)
-        if search < MIN_MATCH:
-            return Match(atlas.name, None, search, search, time.perf_counter() - began)
-        fixed = q_frame.image(query)
-        moving = atlas.frame.image(atlas.image)
-        # query voxel v meets support voxel v + offset: query mm p -> support mm p + t
-        t = atlas.frame.origin - q_frame.origin + atlas.frame.spacing * offset[::-1]
-        dz = int(offset[0])
-        k0, k1 = max(0, -dz), min(len(query), len(atlas.image) - dz)
-        centre = (
-            q_frame.origin
-            + q_frame.spacing * (np.array([query.shape[2], query.shape[1], k0 + k1]) - 1) / 2.0
-        )
-        affine = sitk.AffineTransform(3)
-        affine.SetCenter(centre.tolist())
-        affine.SetTranslation(t.tolist())
-        mask = np.zeros(query.shape, dtype=np.uint8)
-        mask[k0:k1] = 1
-        voxels = max(int(mask.sum()), 1)
-        shares = [min(1.0, SAMPLES * f**3 / voxels) for f in SHRINK]
-        method = _mi_method(shares, self.seed, self.iterations, 2.0)
-        method.SetMetricFixedMask(q_frame.image(mask))
-        method.SetShrinkFactorsPerLevel(SHRINK)
-        method.SetSmoothingSigmasPerLevel([f / 2.0 for f in SHRINK])
-        method.SetInitialTransform(affine, inPlace=True)
-        try:
-            method.Execute(fixed, moving)
-        except RuntimeError as err:
-            reason = str(err).strip().splitlines()[-1][:200]
-            raise RegistrationError(
-                f"registration of support {atlas.name} did not converge: {reason}"
-            ) from err
-        scales = _scales(affine)
-        if scales.min() < SCALE_RANGE[0] or scales.max() > SCALE_RANGE[1]:
-            raise RegistrationError(
-                f"registration of support {atlas.name} did not converge: affine scales "
-                f"{np.round(scales, 2).tolist()} outside {list(SCALE_RANGE)} "
-                f"({method.GetOptimizerStopConditionDescription()})"
-            )
-        score = self._after_score(query, fixed, moving, affine)
-        return Match(atlas.name, affine, search, score, time.perf_counter() - began)
-
-    def refine_organs(
-        self,
-        query: np.ndarray,
-        q_frame: Frame,
-        atlas: _Atlas,
-        transform: sitk.Transform,
-        masks: dict[int, np.ndarray],
-        workers: int | None = None,
-    ) -> dict[int, np.ndarray]:
-        """:meth:`refine_organ` of every organ in ``masks``, ``workers`` (default
-        :attr:`threads`) organs at a time in parallel threads."""
-        workers = max(1, min(len(masks), workers or self.threads))
-        with ThreadPoolExecutor(workers) as pool:
-            futures = {
-                c: pool.submit(self.refine_organ, query, q_frame, atlas, transform, mask, c)
-                for c, mask in masks.items()
-            }
-            return {c: future.result() for c, future in futures.items()}
-
-    def refine_organ(
-        self,
-        query: np.ndarray,
-        q_frame: Frame,
-        atlas: _Atlas,
-        transform: sitk.Transform,
-        warped: np.ndarray,
-        c: int,
-    ) -> np.ndarray:
-        """One organ's mask on the padded grid after a local translation: organs of two
-        subjects move against each other, which one affine cannot follow. The translation is
-        searched exhaustively (:data:`LOCAL_STEPS`, whole 3 mm voxels; gradient descent stalls
-        on such small regions), Mattes MI between the query within :data:`LOCAL_MARGIN` of the
-        organ's warped box (``warped``, after the global ``transform``) and the support's
-        organ with a :data:`LOCAL_SHELL` shell; the warped mask then moves by the same voxels.
-        ``warped`` stands when the region is under :data:`LOCAL_MIN_VOXELS` or the search
-        raises."""
-        box, s_box = bounding_box(warped), bounding_box(atlas.label == c)
-        if box is None or s_box is None:
-            return warped
-        top = np.array(query.shape) - 1
-        lo = np.clip(box[0] - PAD - LOCAL_MARGIN, 0, top)
-        hi = np.clip(box[1] - PAD + LOCAL_MARGIN, 0, top)
-        roi = query[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
-        if roi.size < LOCAL_MIN_VOXELS:
-            return warped
-        s_lo = np.maximum(s_box[0] - LOCAL_SHELL - 1, 0)
-        s_hi = np.minimum(s_box[1] + LOCAL_SHELL + 1, np.array(atlas.label.shape) - 1)
-        cut = tuple(slice(a, b + 1) for a, b in zip(s_lo, s_hi, strict=True))
-        organ = ndimage.binary_dilation(atlas.label[cut] == c, iterations=LOCAL_SHELL)
-        local = sitk.CompositeTransform(
-            [sitk.AffineTransform(transform), sitk.TranslationTransform(3)]
-        )
-        share = min(1.0, LOCAL_SAMPLES / roi.size)
-        for steps, voxels in LOCAL_STEPS:
-            method = sitk.ImageRegistrationMethod()
-            method.SetNumberOfThreads(1)
-            method.SetMetricAsMattesMutualInformation(32)
-            method.SetMetricSamplingStrategy(method.RANDOM if share < 1 else method.NONE)
-            method.SetMetricSamplingPercentage(share, self.seed)
-            method.SetInterpolator(sitk.sitkLinear)
-            method.SetMetricMovingMask(atlas.frame.image(organ.astype(np.uint8), start=s_lo))
-            method.SetOptimizerAsExhaustive([steps] * 3, stepLength=voxels)
-            method.SetOptimizerScales(q_frame.spacing.tolist())  # steps of whole voxels
-            method.SetInitialTransform(local, inPlace=True)
-            try:
-                method.Execute(
-                    q_frame.image(roi, start=lo),
-                    atlas.frame.image(atlas.image[cut], start=s_lo),
-                )
-            except RuntimeError:
-                return warped
-        offset = np.array(local.GetNthTransform(1).GetParameters())  # mm, (x, y, z)
-        move = np.rint(offset / q_frame.spacing)[::-1].astype(int)
-        return _moved(warped, move)
-
-    @staticmethod
-    def _after_score(
-        query: np.ndarray, fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform
-    ) -> float:
-        """Correlation inside the query's body where the warped support has data."""
-        warped = sitk.GetArrayFromImage(
-            sitk.Resample(moving, fixed, transform, sitk.sitkLinear, -1.0, sitk.sitkFloat32)
-        )
-        keep = body_mask(query) & (warped >= 0)
-        if keep.sum() < 64:
-            return -1.0
-        return ncc(query[keep], warped[keep])
-
-    def warp_labels(
-        self, atlas: _Atlas, q_frame: Frame, shape: Sequence[int], transform: sitk.Transform
-    ) -> np.ndarray:
-        """The support's labels on the query's PADDED 3 mm grid ``(Z+64, Y+64, X+64)`` int32."""
-        reference = q_frame.image(np.zeros(tuple(shape), dtype=np.uint8), pad=PAD)
-        moving = atlas.frame.image(atlas.label.astype(np.int32))
-        warped = sitk.Resample(
-            moving, reference, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32
-        )
-        return sitk.GetArrayFromImage(warped)
 
     def support_organs(
         self, grid: MedlamInput, q_frame: Frame, fusions: Sequence[str] | None = None
     ) -> dict[int, Gathered]:
         """Each matching support's warped mask of each organ on the query's PADDED 3 mm grid
         (after the global affine; the organ's local move with ``refine = organ``; both masks
-        with ``refine = both``), reduced on arrival to what ``fusions`` (this localizer's by
-        default) need: points, and a vote count only for ``vote``."""
+        with ``refine = both``), reduced to what ``fusions`` (this localizer's by default)
+        need: points, and a vote count only for ``vote``. Matches in :attr:`last_matches`, in
+        support order."""
         if not self.atlases:
             raise RuntimeError("RegistrationLocalizer has no supports: call fit() first")
         count = "vote" in (fusions or (self.fusion,))
         gathered = {c: Gathered(self.splits[c], count) for c in self.classes}
-        lock = threading.Lock()
-        outer = max(1, min(self.threads, len(self.atlases)))
-        inner = max(1, self.threads // outer)
-
-        def one(atlas: _Atlas) -> Match:
-            match = self.register(grid.array, q_frame, atlas)
-            if not match.matched:
-                return match
-            began = time.perf_counter()
-            warped = self.warp_labels(atlas, q_frame, grid.array.shape, match.transform)
-            masks = {c: warped == c for c in self.classes}
-            del warped
-            masks = {c: m for c, m in masks.items() if m.any()}
-            moved = {}
-            if self.refine != "none":
-                moved = self.refine_organs(
-                    grid.array, q_frame, atlas, match.transform, masks, inner
-                )
-            with lock:  # medians and vote counts do not depend on the order of arrival
-                for c, mask in masks.items():
-                    if self.refine != "organ":
-                        gathered[c].add(mask)
-                    if c in moved and moved[c].any():
-                        gathered[c].add(moved[c])
-            match.seconds += time.perf_counter() - began
-            return match
-
-        with ThreadPoolExecutor(outer) as pool:
-            self.last_matches = list(pool.map(one, self.atlases))
+        with one_itk_thread():
+            levels = pyramid(grid.array, q_frame)
+        pool = self._pool()
+        if pool is None:
+            matches = [
+                self._pair(grid.array, q_frame, levels, atlas, gathered, count)
+                for atlas in self.atlases
+            ]
+        else:
+            matches = self._pairs_in(pool, grid.array, q_frame, levels, gathered, count)
+        self.last_matches = matches
         return gathered
+
+    def _pair(
+        self,
+        query: np.ndarray,
+        q_frame: Frame,
+        levels: tuple[Level, ...],
+        atlas: Atlas,
+        gathered: dict[int, Gathered],
+        count: bool,
+    ) -> Match:
+        """One pair in this process."""
+        match = self.registrar.register(query, q_frame, atlas, levels)
+        if match.matched:
+            placed = self.registrar.organs(
+                query, q_frame, atlas, match.transform, self.splits, count
+            )
+            _take(gathered, match, placed)
+        return match
+
+    def _pairs_in(
+        self,
+        pool: ProcessPoolExecutor,
+        query: np.ndarray,
+        q_frame: Frame,
+        levels: tuple[Level, ...],
+        gathered: dict[int, Gathered],
+        count: bool,
+    ) -> list[Match]:
+        """All pairs in ``pool``: every registration first, each support's organs as soon as
+        its registration is done (medians and vote counts do not depend on arrival order)."""
+        matches: list[Match | None] = [None] * len(self.atlases)
+        pending: dict[Future, int] = {
+            pool.submit(self.registrar.register, query, q_frame, atlas, levels): n
+            for n, atlas in enumerate(self.atlases)
+        }
+        organs: set[Future] = set()
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    n = pending.pop(future)
+                    if future in organs:
+                        _take(gathered, matches[n], future.result())  # type: ignore[arg-type]
+                        continue
+                    match = matches[n] = future.result()
+                    if match.matched:
+                        task = pool.submit(
+                            self.registrar.organs,
+                            query,
+                            q_frame,
+                            self.atlases[n],
+                            match.transform,
+                            self.splits,
+                            count,
+                        )
+                        pending[task] = n
+                        organs.add(task)
+        except BrokenProcessPool as err:
+            _discard_pool(pool)
+            raise RegistrationError(
+                f"a registration worker process stopped ({err}); a script that runs this "
+                "localizer must start from `if __name__ == '__main__':` (workers are spawned "
+                "and import it), or use workers=1"
+            ) from err
+        finally:
+            for future in pending:
+                future.cancel()
+        return matches  # type: ignore[return-value]
 
     def fuse(
         self, gathered: dict[int, Gathered], fusion: str | None = None
@@ -558,9 +377,11 @@ class RegistrationLocalizer:
                     "search_correlation": round(m.search_score, 4),
                     "correlation": round(m.score, 4),
                     "seconds": round(m.seconds, 3),
+                    "cpu_seconds": round(m.cpu, 3),
                 }
                 for m in self.last_matches
             ],
+            "workers": self.pair_workers(),
         }
 
     def predict(self, volume: Volume) -> dict[int, OrganBoxes]:
@@ -609,12 +430,21 @@ class Gathered:
         self.count = count
 
     def add(self, mask: np.ndarray) -> None:
-        """Take one warped mask (bool, the query's padded grid)."""
-        self.points.append(support_points(mask, self.splits))
+        """Take one warped mask (bool, the query's padded grid, not empty)."""
+        self.take(Reduced.of(mask, self.splits, self.count))
+
+    def take(self, reduced: Reduced) -> None:
+        """Take one mask already reduced (with its crop when counting votes)."""
+        self.points.append(reduced.points)
         if self.count:
+            if reduced.crop is None:
+                raise ValueError("vote counts need the mask's voxels: reduce it with crop=True")
             if self.votes is None:
-                self.votes = np.zeros(mask.shape, dtype=np.uint16)
-            self.votes += mask
+                self.votes = np.zeros(reduced.shape, dtype=np.uint16)
+            cut = tuple(
+                slice(a, a + n) for a, n in zip(reduced.start, reduced.crop.shape, strict=True)
+            )
+            self.votes[cut] += reduced.crop
 
     def median(self) -> np.ndarray | None:
         """Per-coordinate median of the masks' points (None without masks)."""
@@ -633,6 +463,15 @@ class Gathered:
         if not fused.any():
             fused = self.votes == self.votes.max()
         return support_points(fused, self.splits).astype(np.float64)
+
+
+def _take(gathered: dict[int, Gathered], match: Match, placed: Placed) -> None:
+    """Gather one support's placed organs and add their cost to its ``match``."""
+    for c, masks in placed.masks.items():
+        for reduced in masks:
+            gathered[c].take(reduced)
+    match.seconds += placed.seconds
+    match.cpu += placed.cpu
 
 
 def organ_boxes(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,14 @@ from conftest import ct_testdata_path, make_ct, reorient
 from medlsam.boxes import Box3D, box_iou
 from medlsam.errors import RegistrationError
 from medlsam.io import Volume
-from medlsam.localization.registration import Frame, RegistrationLocalizer, axis_search
+from medlsam.localization.atlas import SHRINK, Reduced, Registrar, pyramid, warp_labels
+from medlsam.localization.registration import (
+    Frame,
+    Gathered,
+    RegistrationLocalizer,
+    axis_search,
+    default_workers,
+)
 from medlsam.preprocess import PAD, medlam_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -177,61 +185,139 @@ def test_both_fuses_the_global_and_the_moved_mask():
     assert ious["organ"] > ious["both"], ious
 
 
-def test_organ_searches_in_parallel_equal_the_sequential_ones():
-    """The organs' local searches run in threads, one SimpleITK thread each: the moved masks
-    equal one-by-one :meth:`refine_organ` calls, whatever the number of threads."""
-    supports = [make_ct(shape=(40, 36, 40), seed=s) for s in (0, 2)]
-    query, _ = _organ2_moved(4)
-    grid = medlam_image(query, "linear")
-    frame = Frame.of(query, grid)
-    results: dict[int, list[dict[int, np.ndarray]]] = {}
-    for threads in (1, 2, 3):
-        loc = RegistrationLocalizer(refine="organ", threads=threads)
-        loc.fit(supports, [1, 2])
-        assert loc.threads == threads
-        results[threads] = []
-        for atlas in loc.atlases:
-            match = loc.register(grid.array, frame, atlas)
-            warped = loc.warp_labels(atlas, frame, grid.array.shape, match.transform)
-            masks = {c: warped == c for c in (1, 2)}
-            moved = loc.refine_organs(grid.array, frame, atlas, match.transform, masks)
-            assert list(moved) == [1, 2]
-            for c, mask in masks.items():
-                alone = loc.refine_organ(grid.array, frame, atlas, match.transform, mask, c)
-                np.testing.assert_array_equal(moved[c], alone)
-            results[threads].append(moved)
-    for threads in (2, 3):
-        for moved, first in zip(results[threads], results[1], strict=True):
-            for c in (1, 2):
-                np.testing.assert_array_equal(moved[c], first[c])
-    assert RegistrationLocalizer().threads == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-
-
-def test_supports_registered_in_parallel_give_the_same_points():
-    """Supports are registered in parallel threads (one SimpleITK thread each): the gathered
-    points and vote counts are the same for 1, 2 and 3 threads, matches in support order.
-    (Match scores agree to 1e-6 only: ITK's metric sums differ in the last float bits even
-    between two single-threaded runs.)"""
+def test_pairs_in_worker_processes_give_the_same_points():
+    """The pairs run in worker processes (2 and 3 workers) or in this one (1, with ITK's
+    global default at 2 threads): the gathered points, vote counts and match scores are the
+    same, matches in support order."""
     supports = [make_ct(shape=(40, 36, 40), seed=s) for s in (0, 2, 3)]
     query, _ = _organ2_moved(4)
     grid = medlam_image(query, "linear")
     frame = Frame.of(query, grid)
-    runs = []
-    for threads in (1, 2, 3):
-        loc = RegistrationLocalizer(refine="both", threads=threads)
-        loc.fit(supports, [1, 2])
-        runs.append((loc.support_organs(grid, frame, ("vote",)), loc.last_matches))
-    for gathered, matches in runs[1:]:
-        assert [m.support for m in matches] == [m.support for m in runs[0][1]]
-        np.testing.assert_allclose(
-            [m.score for m in matches], [m.score for m in runs[0][1]], rtol=1e-6
-        )
+    runs = {}
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    try:
+        for workers in (1, 2, 3):
+            loc = RegistrationLocalizer(refine="both", workers=workers)
+            loc.fit(supports, [1, 2])
+            assert loc.pair_workers() == workers
+            assert (loc._pool() is None) == (workers == 1)
+            runs[workers] = (loc.support_organs(grid, frame, ("vote",)), loc.last_matches)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    first, first_matches = runs[1]
+    for workers in (2, 3):
+        gathered, matches = runs[workers]
+        assert [m.support for m in matches] == [m.support for m in first_matches]
+        assert [m.score for m in matches] == [m.score for m in first_matches]
         for c in (1, 2):
-            first = runs[0][0][c]
             key = lambda p: p.tobytes()  # noqa: E731 (arrival order may differ)
-            assert sorted(map(key, gathered[c].points)) == sorted(map(key, first.points))
+            assert sorted(map(key, gathered[c].points)) == sorted(map(key, first[c].points))
             assert len(gathered[c].points) == 6
-            np.testing.assert_array_equal(gathered[c].votes, first.votes)
+            np.testing.assert_array_equal(gathered[c].votes, first[c].votes)
+    assert RegistrationLocalizer().workers == default_workers()
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        RegistrationLocalizer(workers=0)
+
+
+def test_a_pair_gives_the_same_transform_in_every_run():
+    """Parts of an ITK registration take their threads from ITK's global default and sum in
+    the order the work finished: each pair runs on one ITK thread, so two runs give the same
+    transform to the last bit, and the global default is restored."""
+    support, support_label = make_ct(shape=(40, 36, 40), seed=0)
+    query, _ = make_ct(shape=(40, 36, 40), seed=1)
+    loc = RegistrationLocalizer(workers=1)
+    loc.fit([(support, support_label)], [1, 2])
+    grid = medlam_image(query, "linear")
+    frame = Frame.of(query, grid)
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    try:
+        runs = [loc.registrar.register(grid.array, frame, loc.atlases[0]) for _ in range(3)]
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 2
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    params = {m.transform.GetParameters() for m in runs}
+    assert len(params) == 1 and runs[0].matched
+    assert len({m.score for m in runs}) == 1
+
+
+def test_pyramid_levels_are_smoothed_and_shrunk_in_place():
+    """The global affine's levels: the smoothed image on a grid of f times the spacing,
+    centred on the image (ITK's shrink), so an image and its mask shrink alike."""
+    image, _ = make_ct(shape=(40, 36, 40), seed=0)
+    grid = medlam_image(image, "linear")
+    frame = Frame.of(image, grid)
+    levels = pyramid(grid.array, frame)
+    assert len(levels) == len(SHRINK)
+    for f, level in zip(SHRINK, levels, strict=True):
+        np.testing.assert_allclose(level.spacing, frame.spacing * f)
+        assert level.array.shape == tuple(n // f for n in grid.array.shape)
+        first = (level.origin - frame.origin) / frame.spacing - (f - 1) / 2  # (x, y, z)
+        spare = np.array(grid.array.shape[::-1]) % f  # input voxels left over per axis
+        np.testing.assert_allclose(first, spare / 2, atol=1e-9)  # centred on the image
+        assert level.array.dtype == np.float32
+        # each voxel holds the smoothed image around its own position
+        z, y, x = np.meshgrid(*[np.arange(n) for n in level.array.shape], indexing="ij")
+        mm = level.origin + level.spacing * np.stack([x, y, z], axis=-1)
+        index = np.rint((mm - frame.origin) / frame.spacing).astype(int)[..., ::-1]
+        under = grid.array[tuple(np.moveaxis(index, -1, 0))]
+        assert np.corrcoef(level.array.ravel(), under.ravel())[0, 1] > 0.8
+        assert level.array.std() < under.std()  # smoothed
+        back = level.image()
+        assert (
+            back.GetSpacing() == tuple(level.spacing) and back.GetSize()[::-1] == level.array.shape
+        )
+
+
+class _DyingRegistrar(Registrar):
+    """A registrar whose worker process dies in the middle of a registration."""
+
+    def register(self, query, q_frame, atlas, levels=None):
+        os._exit(3)
+
+
+def test_a_worker_that_dies_fails_the_query_alone():
+    """A worker process that dies (killed for memory, say): the query fails with a
+    RegistrationError that says so, and the next query runs in a new pool."""
+    supports = [make_ct(shape=(40, 36, 40), seed=s) for s in (0, 2)]
+    query, query_label = make_ct(shape=(40, 36, 40), seed=1)
+    loc = RegistrationLocalizer(workers=2)
+    loc.fit(supports, [1, 2])
+    good = loc.registrar
+    loc.registrar = _DyingRegistrar(good.seed, good.iterations, good.refine)
+    with pytest.raises(RegistrationError, match="registration worker process stopped"):
+        loc.predict(query)
+    loc.registrar = good
+    assert _iou(loc.predict(query), query_label, 1) > 0.6
+
+
+@pytest.mark.parametrize("splits", [0, 1, 3])
+def test_reduced_masks_keep_the_points_and_the_voxels(splits):
+    """A warped mask reduced in a worker: its points are those of the whole padded mask
+    (taken on its bounding box), and its crop puts back every voxel for vote counts."""
+    from medlsam.localization.prototypes import support_points
+
+    rng = np.random.default_rng(splits)
+    for _ in range(40):
+        mask = np.zeros((30, 28, 26), dtype=bool)
+        lo = rng.integers(0, 12, 3)
+        hi = lo + rng.integers(4, 14, 3)
+        cut = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        mask[cut] = rng.random(tuple(hi - lo)) < rng.uniform(0.05, 1.0)
+        if not mask.any():
+            continue
+        reduced = Reduced.of(mask, splits, crop=True)
+        np.testing.assert_array_equal(reduced.points, support_points(mask, splits))
+        gathered = Gathered(splits, count=True)
+        gathered.take(reduced)
+        gathered.take(Reduced.of(mask, splits, crop=True))
+        np.testing.assert_array_equal(gathered.votes, 2 * mask)
+        assert Reduced.of(mask, splits, crop=False).crop is None
+    with pytest.raises(ValueError, match="vote counts need the mask's voxels"):
+        Gathered(splits, count=True).take(Reduced.of(mask, splits, crop=False))
+    with pytest.raises(ValueError, match="empty mask"):
+        Reduced.of(np.zeros((4, 4, 4), dtype=bool), splits, crop=False)
 
 
 def test_gathered_points_fuse_as_the_full_masks_did(monkeypatch):
@@ -242,24 +328,27 @@ def test_gathered_points_fuse_as_the_full_masks_did(monkeypatch):
 
     supports = [make_ct(shape=(40, 36, 40), seed=s) for s in (0, 2, 3)]
     query, _ = _organ2_moved(3)
-    loc = RegistrationLocalizer(refine="both")
+    loc = RegistrationLocalizer(refine="both", workers=1)
     loc.fit(supports, [1, 2])
     grid = medlam_image(query, "linear")
     frame = Frame.of(query, grid)
     masks: dict[int, list[np.ndarray]] = {1: [], 2: []}
     matches, moved = {}, {}
+    registrar = loc.registrar
     for atlas in loc.atlases:
-        matches[id(atlas)] = match = loc.register(grid.array, frame, atlas)
-        warped = loc.warp_labels(atlas, frame, grid.array.shape, match.transform)
+        matches[id(atlas)] = match = registrar.register(grid.array, frame, atlas)
+        warped = warp_labels(atlas, frame, grid.array.shape, match.transform)
         for c in masks:
             masks[c].append(warped == c)
-            moved[id(atlas), c] = loc.refine_organ(
+            moved[id(atlas), c] = registrar.refine_organ(
                 grid.array, frame, atlas, match.transform, warped == c, c
             )
             masks[c].append(moved[id(atlas), c])
     # the same registrations and local moves again, not recomputed
-    monkeypatch.setattr(loc, "register", lambda query, q_frame, atlas: matches[id(atlas)])
-    monkeypatch.setattr(loc, "refine_organ", lambda q, f, atlas, t, w, c: moved[id(atlas), c])
+    monkeypatch.setattr(
+        registrar, "register", lambda query, q_frame, atlas, levels=None: matches[id(atlas)]
+    )
+    monkeypatch.setattr(registrar, "refine_organ", lambda q, f, atlas, t, w, c: moved[id(atlas), c])
     median_only = loc.support_organs(grid, frame)
     assert all(g.votes is None for g in median_only.values())
     both = loc.support_organs(grid, frame, ("median", "vote"))
@@ -374,6 +463,7 @@ def test_registration_is_the_default_without_medlam_weights(tmp_path, caplog):
     assert boxes["classes"]["1"]["inside"] and boxes["classes"]["1"]["boxes"]
     pairs = record["cases"]["case1"]["localizer"]["pairs"]
     assert pairs[0]["support"] == "case0" and pairs[0]["matched"]
+    assert 0 < pairs[0]["cpu_seconds"] and record["cases"]["case1"]["localizer"]["workers"] == 1
 
 
 def test_failed_registration_fails_its_case_alone(tmp_path, monkeypatch):
