@@ -177,13 +177,15 @@ class LocalizeConfig:
     ``fusion`` combines the supports' registered boxes (``median`` or ``vote``); ``refine``
     is ``both`` (default: each support's organ mask before and after a local translation
     search around the organ, both fused), ``organ`` (the searched mask only) or ``none`` (the
-    global affine's mask only).
+    global affine's mask only). ``workers``: processes registering the supports (None: one
+    per CPU this process may use; 1: in the calling process); results do not depend on it.
     """
 
     method: str = "medlam"
     chosen_by: str = "config"
     fusion: str = "median"
     refine: str = "both"
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,7 @@ _KNOWN: dict[str, dict[str, bool]] = {
         "engine": False,
         "reproduce": False,
     },
-    "localize": {"method": False, "fusion": False, "refine": False},
+    "localize": {"method": False, "fusion": False, "refine": False, "workers": False},
 }
 
 
@@ -256,15 +258,17 @@ def _localize_config(
     prototypes file) is named, else registration."""
     fusion = reader.choice("localize", "fusion", "median", REGISTRATION_FUSIONS)
     refine = reader.choice("localize", "refine", "both", REGISTRATION_REFINES)
+    workers = reader.int_value("localize", "workers", None, minimum=1)
     if reader.get("localize", "method") is not None:
         method = reader.choice("localize", "method", "medlam", LOCALIZE_METHODS)
-        return LocalizeConfig(method, "config", fusion, refine)
-    if medlam_path is not None:
-        why = "default: [weight] medlam_load_path is set"
-        return LocalizeConfig("medlam", why, fusion, refine)
-    if prototypes is not None:
-        return LocalizeConfig("medlam", "default: [data] prototypes is set", fusion, refine)
-    return LocalizeConfig("registration", "default: no [weight] medlam_load_path", fusion, refine)
+        why = "config"
+    elif medlam_path is not None:
+        method, why = "medlam", "default: [weight] medlam_load_path is set"
+    elif prototypes is not None:
+        method, why = "medlam", "default: [data] prototypes is set"
+    else:
+        method, why = "registration", "default: no [weight] medlam_load_path"
+    return LocalizeConfig(method, why, fusion, refine, workers)
 
 
 def _read_vit(

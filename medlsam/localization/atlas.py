@@ -35,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from medlsam.config import REGISTRATION_REFINES
 from medlsam.errors import RegistrationError
 from medlsam.io import Volume
 from medlsam.localization.prototypes import bounding_box, support_points
@@ -46,7 +47,6 @@ MIN_MATCH = 0.2
 BODY_LEVEL = 0.125
 #: Scales an affine may reach before it counts as not converged.
 SCALE_RANGE = (0.5, 2.0)
-REFINES = ("none", "organ", "both")
 #: Margin (3 mm voxels) around an organ's warped box that its local search looks at.
 LOCAL_MARGIN = 5
 #: Voxels (3 mm) around the support's organ that its local metric looks at (0: no limit).
@@ -346,8 +346,8 @@ class Registrar:
     refine: str = "both"
 
     def __post_init__(self) -> None:
-        if self.refine not in REFINES:
-            raise ValueError(f"refine must be one of {REFINES}, not {self.refine!r}")
+        if self.refine not in REGISTRATION_REFINES:
+            raise ValueError(f"refine must be one of {REGISTRATION_REFINES}, not {self.refine!r}")
 
     @_on_one_itk_thread
     def register(

@@ -77,12 +77,11 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from medlsam.boxes import Box3D, OrganBoxes, box_overlaps, group_box
-from medlsam.config import BoxMode
+from medlsam.config import REGISTRATION_FUSIONS, BoxMode
 from medlsam.errors import InputError, RegistrationError
 from medlsam.io import Volume, same_grid
 from medlsam.localization.atlas import (  # noqa: F401 (Frame, axis_search: public names)
     MIN_MATCH,
-    REFINES,
     Atlas,
     Frame,
     Level,
@@ -99,7 +98,6 @@ from medlsam.preprocess import PAD, MedlamInput, medlam_image
 
 logger = logging.getLogger(__name__)
 
-FUSIONS = ("median", "vote")
 
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
@@ -174,16 +172,14 @@ class RegistrationLocalizer:
         refine: str = "both",
         workers: int | None = None,
     ) -> None:
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
-        if refine not in REFINES:
-            raise ValueError(f"refine must be one of {REFINES}, not {refine!r}")
+        if fusion not in REGISTRATION_FUSIONS:
+            raise ValueError(f"fusion must be one of {REGISTRATION_FUSIONS}, not {fusion!r}")
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
         self.mode = BoxMode(mode)
         self.slice_interval = slice_interval
         self.fusion = fusion
-        self.registrar = Registrar(int(seed), int(iterations), refine)
+        self.registrar = Registrar(int(seed), int(iterations), refine)  # checks refine
         self.workers = int(workers or default_workers())
         self.class_names = dict(class_names or {})
         self.atlases: list[Atlas] = []

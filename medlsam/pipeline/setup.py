@@ -103,6 +103,7 @@ def build_localizer(cfg: Config, device: str, network: Any = None) -> Any:
             slice_interval=cfg.data.slice_interval,
             fusion=method.fusion,
             refine=method.refine,
+            workers=method.workers,
             seed=cfg.run.seed,
             class_names=dict(cfg.data.class_names),
         )

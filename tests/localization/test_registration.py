@@ -508,3 +508,25 @@ def test_localize_refine_is_read_and_checked(tmp_path):
         assert cfg.localize.refine == refine
     with pytest.raises(ConfigError, match=r"\[localize\] refine"):
         load_config(_write_cohort(tmp_path, 1, "[localize]\nrefine = organs\n"))
+
+
+def test_localize_workers_is_read_checked_and_used(tmp_path):
+    """``[localize] workers``: unset is one per CPU; a number >= 1 reaches the localizer (at
+    most one worker per support); anything else is a config error."""
+    from medlsam.config import load_config
+    from medlsam.errors import ConfigError
+    from medlsam.pipeline.setup import build_localizer
+
+    assert load_config(_write_cohort(tmp_path, 1)).localize.workers is None
+    cfg = load_config(_write_cohort(tmp_path, 1, "[localize]\nworkers = 3\n"))
+    assert cfg.localize.workers == 3
+    loc = build_localizer(cfg, "cpu")
+    assert loc.workers == 3
+    loc.fit([make_ct(seed=0)], [1, 2])
+    assert loc.pair_workers() == 1  # one support
+    assert build_localizer(load_config(_write_cohort(tmp_path, 1)), "cpu").workers == (
+        default_workers()
+    )
+    for bad in ("0", "two", "1.5"):
+        with pytest.raises(ConfigError, match=r"\[localize\] workers.*integer >= 1"):
+            load_config(_write_cohort(tmp_path, 1, f"[localize]\nworkers = {bad}\n"))
