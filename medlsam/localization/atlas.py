@@ -11,8 +11,8 @@ registrations at once.
 **One ITK thread.** Parts of an ITK registration take their threads from ITK's global
 default, whatever the registration method is told, and their sums then depend on how the
 work was split and in what order it finished: on 2 threads, five registrations of one
-synthetic query gave other transforms (by about 1e-6 mm) in every run, enough to move a box
-by a voxel, or a local search by a step, from one run to the next. So every pair runs with
+synthetic query gave other transforms (by about 1e-6 mm) in every run, and in two runs of the
+demo one organ's box in one query moved by up to 3.5 mm. So every pair runs with
 the global default at one thread (:func:`one_itk_thread`, restored afterwards): a pair gives
 the same result in every run, on every machine, whatever the number of workers (tested).
 
@@ -135,12 +135,18 @@ class Level:
 
 def pyramid(array: np.ndarray, frame: Frame) -> tuple[Level, ...]:
     """The levels of the global affine for a 3 mm image: for each factor ``f`` of
-    :data:`SHRINK`, Gaussian smoothing (sigma ``f / 2`` voxels) then every ``f``-th voxel."""
+    :data:`SHRINK`, Gaussian smoothing (sigma ``f / 2`` voxels; recursive, or a kernel for an
+    image under 4 voxels along an axis) then every ``f``-th voxel (at least one)."""
     image = frame.image(np.asarray(array, dtype=np.float32))
+    short = min(array.shape) < 4  # the recursive filter needs 4 voxels along every axis
     levels = []
     for f in SHRINK:
-        sigma = (frame.spacing * f / 2.0).tolist()
-        small = sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, sigma), [f] * 3)
+        sigma = frame.spacing * f / 2.0
+        if short:
+            smooth = sitk.DiscreteGaussian(image, (sigma**2).tolist(), 32, 0.01, True)
+        else:
+            smooth = sitk.SmoothingRecursiveGaussian(image, sigma.tolist())
+        small = sitk.Shrink(smooth, [f] * 3)
         levels.append(
             Level(
                 sitk.GetArrayFromImage(small),

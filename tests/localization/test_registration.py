@@ -530,3 +530,23 @@ def test_localize_workers_is_read_checked_and_used(tmp_path):
     for bad in ("0", "two", "1.5"):
         with pytest.raises(ConfigError, match=r"\[localize\] workers.*integer >= 1"):
             load_config(_write_cohort(tmp_path, 1, f"[localize]\nworkers = {bad}\n"))
+
+
+def test_a_query_of_three_slices_is_registered_or_outside_never_a_crash():
+    """A 9 mm query (3 slices on the 3 mm grid, too short for a recursive Gaussian): its
+    pyramid is made with a Gaussian kernel, and the query gets boxes or organs marked
+    outside, with no error."""
+    support, support_label = make_ct(shape=(40, 36, 40), seed=0)
+    query, _ = make_ct(shape=(40, 36, 40), seed=1)
+    cut = (slice(None), slice(None), slice(16, 19))
+    affine = query.affine.copy()
+    affine[:3, 3] = query.to_world(np.array([0, 0, 16]))
+    part = Volume(query.data[cut].copy(), affine)
+    grid = medlam_image(part, "linear")
+    assert min(grid.array.shape) < 4
+    levels = pyramid(grid.array, Frame.of(part, grid))
+    assert [lv.array.shape[0] for lv in levels] == [1, 1]
+    loc = RegistrationLocalizer(workers=1)
+    loc.fit([(support, support_label)], [1, 2])
+    organs = loc.predict(part)
+    assert set(organs) == {1, 2}
