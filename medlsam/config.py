@@ -178,7 +178,8 @@ class LocalizeConfig:
     is ``both`` (default: each support's organ mask before and after a local translation
     search around the organ, both fused), ``organ`` (the searched mask only) or ``none`` (the
     global affine's mask only). ``workers``: processes registering the supports (None: one
-    per CPU this process may use; 1: in the calling process); results do not depend on it.
+    per CPU this process may use, shared among torchrun's processes on the node; 1: in the
+    calling process); results do not depend on it.
     """
 
     method: str = "medlam"

@@ -105,11 +105,17 @@ _pool_lock = threading.Lock()
 
 
 def default_workers() -> int:
-    """The CPUs this process may run on."""
+    """The CPUs this process may run on, shared among the processes ``torchrun`` started on
+    this node (``LOCAL_WORLD_SIZE``), at least 1."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks = 1
+    return max(1, cpus // ranks)
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:

@@ -550,3 +550,16 @@ def test_a_query_of_three_slices_is_registered_or_outside_never_a_crash():
     loc.fit([(support, support_label)], [1, 2])
     organs = loc.predict(part)
     assert set(organs) == {1, 2}
+
+
+def test_default_workers_share_the_cpus_among_torchrun_ranks(monkeypatch):
+    """Each ``torchrun`` process on a node takes its share of the CPUs (at least one)."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cpus = default_workers()
+    assert cpus >= 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_workers() == max(1, cpus // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * cpus))
+    assert default_workers() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "not a number")
+    assert default_workers() == cpus
