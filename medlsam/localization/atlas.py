@@ -39,12 +39,11 @@ from medlsam.config import REGISTRATION_REFINES
 from medlsam.errors import RegistrationError
 from medlsam.io import Volume
 from medlsam.localization.prototypes import bounding_box, support_points
+from medlsam.localization.search import axis_search, body_mask, ncc
 from medlsam.preprocess import PAD, MedlamInput, medlam_image, medlam_label
 
 #: Normalised cross-correlation inside the query's body below which a support does not match.
 MIN_MATCH = 0.2
-#: Medlam-normalised value above which a voxel is body (about -500 HU).
-BODY_LEVEL = 0.125
 #: Scales an affine may reach before it counts as not converged.
 SCALE_RANGE = (0.5, 2.0)
 #: Margin (3 mm voxels) around an organ's warped box that its local search looks at.
@@ -61,8 +60,6 @@ LOCAL_MIN_VOXELS = 200
 SHRINK = [4, 2]
 #: Random samples of the global metric per level.
 SAMPLES = 20_000
-#: In-plane block size of the body-axis search (2 -> 6 mm).
-SEARCH_BLOCK = 2
 
 _itk_lock = threading.Lock()
 _F = TypeVar("_F", bound=Callable)
@@ -235,82 +232,20 @@ class Reduced:
         return cls(points, shape, start, cut.copy() if crop else None)  # type: ignore[arg-type]
 
 
-def body_mask(array: np.ndarray) -> np.ndarray:
-    """Body voxels of a medlam-normalised ``(Z, Y, X)`` array (per-slice holes filled)."""
-    mask = array > BODY_LEVEL
-    for z in range(mask.shape[0]):
-        mask[z] = ndimage.binary_fill_holes(mask[z])
-    return mask
-
-
-def _blocks(array: np.ndarray, block: int) -> np.ndarray:
-    """Mean over ``block x block`` in-plane blocks of a ``(Z, Y, X)`` array (edges cropped)."""
-    z, y, x = array.shape
-    y, x = y // block * block, x // block * block
-    a = array[:, :y, :x].reshape(z, y // block, block, x // block, block)
-    return a.mean(axis=(2, 4))
-
-
-def ncc(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalised cross-correlation of two equal-size value sets (0 when either is flat)."""
-    a = a - a.mean()
-    b = b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 1e-12 else 0.0
-
-
-def axis_search(query: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, float]:
-    """Best offset of ``support`` against ``query`` (both ``(Z, Y, X)`` on ~3 mm grids).
-
-    Returns ``(offset, score)``: ``offset`` ``(dz, dy, dx)`` in 3 mm voxels such that query
-    voxel ``v`` meets support voxel ``v + offset``, and the correlation inside the query's body
-    over the overlap (``-1`` when no offset overlaps enough).
-    """
-    b = SEARCH_BLOCK
-    q, s = _blocks(query, b), _blocks(support, b)
-    qb, sb = body_mask(q), body_mask(s)
-    q_centre = _slice_centres(qb)
-    s_centre = _slice_centres(sb)
-    nq, ns = len(q), len(s)
-    need = max(3, int(np.ceil(0.5 * min(nq, ns))))
-    pad = max(s.shape[1:])
-    s_pad = np.pad(s, ((0, 0), (pad, pad), (pad, pad)))
-    best, best_offset = -1.0, np.zeros(3)
-    for dz in range(-nq + need, ns - need + 1):
-        k0, k1 = max(0, -dz), min(nq, ns - dz)
-        qc, sc = q_centre[k0:k1], s_centre[k0 + dz : k1 + dz]
-        ok = np.isfinite(qc[:, 0]) & np.isfinite(sc[:, 0])
-        if ok.sum() < need:
-            continue
-        shift = np.rint((sc[ok] - qc[ok]).mean(axis=0)).astype(int)
-        y0, x0 = pad + shift[0], pad + shift[1]
-        window = s_pad[k0 + dz : k1 + dz, y0 : y0 + q.shape[1], x0 : x0 + q.shape[2]]
-        if window.shape != q[k0:k1].shape:
-            continue
-        inside = qb[k0:k1]
-        score = ncc(q[k0:k1][inside], window[inside])
-        if score > best:
-            best, best_offset = score, np.array([dz, shift[0] * b, shift[1] * b], dtype=float)
-    return best_offset, best
-
-
-def _slice_centres(mask: np.ndarray) -> np.ndarray:
-    """In-plane centre ``(y, x)`` of each slice's body mask, NaN for empty slices."""
-    out = np.full((len(mask), 2), np.nan)
-    for z, plane in enumerate(mask):
-        ys, xs = np.nonzero(plane)
-        if ys.size >= 4:
-            out[z] = ys.mean(), xs.mean()
-    return out
-
-
-def _mi_method(share: float, seed: int, iterations: int, step: float):
-    """A Mattes-MI (32 bins) affine registration on ``share`` of the voxels, drawn at random."""
+def _mattes(share: float, seed: int) -> sitk.ImageRegistrationMethod:
+    """A registration on Mattes mutual information (32 bins, linear interpolation) over
+    ``share`` of the fixed voxels, drawn at random with ``seed`` (all of them at 1)."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(32)
     method.SetMetricSamplingStrategy(method.RANDOM if share < 1 else method.NONE)
     method.SetMetricSamplingPercentage(share, seed)
     method.SetInterpolator(sitk.sitkLinear)
+    return method
+
+
+def _mi_method(share: float, seed: int, iterations: int, step: float):
+    """A Mattes-MI affine registration by regular step gradient descent (:func:`_mattes`)."""
+    method = _mattes(share, seed)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=step,
         minStep=1e-3,
@@ -481,13 +416,9 @@ class Registrar:
         )
         share = min(1.0, LOCAL_SAMPLES / roi.size)
         for steps, voxels in LOCAL_STEPS:
-            method = sitk.ImageRegistrationMethod()
-            method.SetMetricAsMattesMutualInformation(32)
+            method = _mattes(share, self.seed)
             method.SetMetricUseFixedImageGradientFilter(False)  # no gradients in an
             method.SetMetricUseMovingImageGradientFilter(False)  # exhaustive search
-            method.SetMetricSamplingStrategy(method.RANDOM if share < 1 else method.NONE)
-            method.SetMetricSamplingPercentage(share, self.seed)
-            method.SetInterpolator(sitk.sitkLinear)
             method.SetMetricMovingMask(atlas.frame.image(organ.astype(np.uint8), start=s_lo))
             method.SetOptimizerAsExhaustive([steps] * 3, stepLength=voxels)
             method.SetOptimizerScales(q_frame.spacing.tolist())  # steps of whole voxels

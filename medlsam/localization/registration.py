@@ -12,8 +12,9 @@ For each query and each support scan:
    content: the body's in-plane centre (physical coordinates, from each slice's body mask) and,
    along the body axis, the slice offset whose overlap has the highest normalised
    cross-correlation inside the query's body, on a 6 mm in-plane grid. At least half of the
-   shorter scan (and 3 slices) must overlap. A query that matches nowhere
-   (best correlation below :data:`MIN_MATCH`) is "no match" for that support.
+   shorter scan (and 3 slices) must overlap (:mod:`medlsam.localization.search`). A query
+   that matches nowhere (best correlation below :data:`MIN_MATCH`) is "no match" for that
+   support.
 3. **Affine.** SimpleITK, Mattes mutual information (32 bins, 20,000 random samples per level),
    regular step gradient descent, 12 parameters, the metric restricted to the query slices
    found to overlap; mutual information tolerates contrast-phase differences. Two levels,
@@ -80,7 +81,7 @@ from medlsam.boxes import Box3D, OrganBoxes, box_overlaps, group_box
 from medlsam.config import REGISTRATION_FUSIONS, BoxMode
 from medlsam.errors import InputError, RegistrationError
 from medlsam.io import Volume, same_grid
-from medlsam.localization.atlas import (  # noqa: F401 (Frame, axis_search: public names)
+from medlsam.localization.atlas import (
     MIN_MATCH,
     Atlas,
     Frame,
@@ -89,11 +90,11 @@ from medlsam.localization.atlas import (  # noqa: F401 (Frame, axis_search: publ
     Placed,
     Reduced,
     Registrar,
-    axis_search,
     one_itk_thread,
     pyramid,
 )
 from medlsam.localization.prototypes import bounding_box, split_count, support_points
+from medlsam.localization.search import axis_search  # noqa: F401 (a public name here too)
 from medlsam.preprocess import PAD, MedlamInput, medlam_image
 
 logger = logging.getLogger(__name__)
@@ -192,14 +193,6 @@ class RegistrationLocalizer:
         self.classes: list[int] = []
         self.splits: dict[int, int] = {}
         self.last_matches: list[Match] = []
-
-    @property
-    def refine(self) -> str:
-        return self.registrar.refine
-
-    @property
-    def seed(self) -> int:
-        return self.registrar.seed
 
     def _organ(self, c: int) -> str:
         name = self.class_names.get(c)
@@ -430,10 +423,6 @@ class Gathered:
         self.points: list[np.ndarray] = []
         self.votes: np.ndarray | None = None
         self.count = count
-
-    def add(self, mask: np.ndarray) -> None:
-        """Take one warped mask (bool, the query's padded grid, not empty)."""
-        self.take(Reduced.of(mask, self.splits, self.count))
 
     def take(self, reduced: Reduced) -> None:
         """Take one mask already reduced (with its crop when counting votes)."""
